@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (``make stubs``); never edited by hand."""

@@ -1,0 +1,209 @@
+"""`edged serve | import | models | infer | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edged import config as config_mod
+from edged.errors import EdgedError
+
+DEFAULT_CONFIG = "/etc/edged/edged.toml"
+
+
+def _config(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(args.config)
+
+
+def _address(args: argparse.Namespace) -> str:
+    if getattr(args, "address", None):
+        return str(args.address)
+    cfg = _config(args)
+    if cfg.server.unix_socket:
+        return f"unix:{cfg.server.unix_socket}"
+    return cfg.server.tcp
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edged.daemon import serve
+
+    cfg = _config(args)
+    serve(cfg)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from edged.portfolio.portfolio import variant_key
+    from edged.runtime.probe import probe
+    from edged.store.store import ModelStore
+
+    cfg = _config(args)
+    store = ModelStore(cfg.store.path)
+    manifest = store.import_dir(Path(args.dir), activate=not args.no_activate)
+    print(f"imported {manifest.name} version {manifest.version} "
+          f"({len(manifest.variants)} variants)")
+    if args.no_validate:
+        return 0
+    for variant in manifest.variants:
+        if store.validation(variant) is None:
+            result = asyncio.run(probe(variant.format, store.variant_path(variant),
+                                       variant.options, cfg.validation.timeout_seconds))
+            store.put_validation(variant, result.to_json())
+        record = store.validation(variant) or {}
+        verdict = "usable" if record.get("usable") else f"UNUSABLE: {record.get('reason')}"
+        print(f"  {variant.id:<8} {variant_key(variant)[:12]}  {verdict}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import grpc
+
+    from edged.api import portfolio_pb2, portfolio_pb2_grpc
+
+    with grpc.insecure_channel(_address(args)) as channel:
+        stub = portfolio_pb2_grpc.PortfolioStub(channel)
+        response = stub.ListModels(portfolio_pb2.ListModelsRequest(), timeout=args.timeout)
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(response))
+        return 0
+    for model in response.models:
+        print(f"{model.name}  active={model.active_version}  {model.state}")
+        for version in model.versions:
+            marker = "*" if version.active else " "
+            for v in version.variants:
+                resident = f"{v.resident_bytes / 2**20:.1f} MiB" if v.resident_bytes else ""
+                print(f"  {marker}{version.version:<6} {v.id:<8} {v.format:<5} "
+                      f"q={v.quality:.3f} {v.state:<12} {resident:<10} {v.reason}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import grpc
+    import numpy as np
+
+    from edged.api import inference_pb2 as pb
+    from edged.api import inference_pb2_grpc as pb_grpc
+    from edged.grpc import convert
+    from edged.runtime.base import DATATYPE_TO_NUMPY, TensorSpec, example_inputs
+
+    with grpc.insecure_channel(_address(args)) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name=args.model, model_version=args.version)
+        if args.text is not None:
+            arrays: dict[str, Any] = {"text_input": np.array([args.text.encode()], dtype=object)}
+            request.parameters["max_tokens"].int64_param = args.max_tokens
+        else:
+            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=args.model),
+                                      timeout=args.timeout)
+            specs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in meta.inputs)
+            arrays = example_inputs(specs)
+            for item in args.input or []:
+                name, _, value = item.partition("=")
+                spec = next((s for s in specs if s.name == name), None)
+                if spec is None:
+                    raise EdgedError(f"--input {name}: the model has no such input")
+                arrays[name] = np.asarray(json.loads(value), dtype=DATATYPE_TO_NUMPY[spec.datatype])
+        for name, array in arrays.items():
+            datatype = "BYTES" if array.dtype == object else convert.NUMPY_TO_DATATYPE[array.dtype]
+            request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+            request.raw_input_contents.append(
+                convert.serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+            )
+        response = stub.ModelInfer(request, timeout=args.timeout)
+    print(f"model {response.model_name} version {response.model_version} "
+          f"variant {response.parameters['edged_variant'].string_param}")
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if tensor.datatype == "BYTES":
+            values = convert.deserialize_bytes(raw, int(np.prod(tensor.shape)), tensor.name)
+            print(f"{tensor.name}: {[v.decode(errors='replace') for v in values]}")
+        else:
+            array = np.frombuffer(raw, DATATYPE_TO_NUMPY[tensor.datatype]).reshape(tensor.shape)
+            print(f"{tensor.name} {tensor.datatype} {list(tensor.shape)}: "
+                  f"{np.array2string(array, threshold=20, precision=4)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edged.demo import build_demo
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else cfg.store.path.parent / "demo-src"
+    for model_dir in build_demo(out):
+        ns = argparse.Namespace(config=args.config, dir=str(model_dir), no_activate=False,
+                                no_validate=False)
+        cmd_import(ns)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edged", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
+
+    def with_client(p: argparse.ArgumentParser) -> None:
+        with_config(p)
+        p.add_argument("--address", help="daemon address (unix:/path or host:port); "
+                       "default: the config's unix socket")
+        p.add_argument("--timeout", type=float, default=120.0)
+
+    p = sub.add_parser("serve", help="run the daemon in the foreground")
+    with_config(p)
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("import", help="add a model version from a directory with manifest.json")
+    with_config(p)
+    p.add_argument("dir")
+    p.add_argument("--no-activate", action="store_true", help="do not make it the active version")
+    p.add_argument("--no-validate", action="store_true", help="skip the subprocess validation")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("models", help="models, versions, variants and their state (via daemon)")
+    with_client(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("infer", help="one inference call, for a quick manual check")
+    with_client(p)
+    p.add_argument("model")
+    p.add_argument("--version", default="")
+    p.add_argument("--text", help="prompt for a GGUF model")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--input", action="append", help="NAME=JSON array (default: random input)")
+    p.set_defaults(fn=cmd_infer)
+
+    p = sub.add_parser("demo", help="build the demo portfolio offline and import it")
+    with_config(p)
+    p.add_argument("--out", help="where to write the model sources (default: beside the store)")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.fn(args))
+    except EdgedError as exc:
+        print(f"edged: {exc.message}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"edged: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+        raise

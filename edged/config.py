@@ -1,0 +1,269 @@
+"""The daemon's configuration: one frozen, typed object loaded from TOML and validated at load.
+
+Unknown keys and bad values stop the start with a message that names the key (``server.tcp``),
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edged.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str | int, key: str) -> int:
+    """Bytes from ``512MB``, ``2GiB`` or a plain integer."""
+    if isinstance(text, bool):
+        raise ConfigError(f"{key}: expected a size such as '512MB', got {text!r}")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ConfigError(f"{key}: a size must be positive, got {text}")
+        return text
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ConfigError(f"{key}: expected a size such as '512MB' or '2GiB', got {text!r}")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ConfigError(f"{key}: a size must be positive, got {text!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBudget:
+    """``memory.budget``: a fixed number of bytes or a share of total memory."""
+
+    bytes: int | None = None
+    share: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | int, key: str) -> MemoryBudget:
+        if isinstance(text, str) and text.strip().endswith("%"):
+            try:
+                percent = float(text.strip()[:-1])
+            except ValueError:
+                raise ConfigError(f"{key}: expected a share such as '70%', got {text!r}") from None
+            if not 0 < percent <= 100:
+                raise ConfigError(f"{key}: a share must be in (0%, 100%], got {text!r}")
+            return cls(share=percent / 100)
+        return cls(bytes=parse_size(text, key))
+
+    def resolve(self, total_memory: int | None = None) -> int:
+        if self.bytes is not None:
+            return self.bytes
+        total = total_memory if total_memory is not None else psutil.virtual_memory().total
+        return int(total * (self.share or 1.0))
+
+
+def parse_address(text: str, key: str, *, allow_empty: bool) -> str:
+    """``host:port`` (``[::1]:port`` for IPv6); the empty string disables the listener."""
+    if text == "":
+        if allow_empty:
+            return ""
+        raise ConfigError(f"{key}: an address is required")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected 'host:port' such as '127.0.0.1:8001', got {text!r}")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    path: Path = Path("/var/lib/edged")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    unix_socket: str = "/run/edged/edged.sock"
+    tcp: str = "127.0.0.1:8001"
+    max_message_bytes: int = 64 * 2**20
+    workers: int = 4
+    drain_seconds: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    address: str = "127.0.0.1:8002"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    budget: MemoryBudget = MemoryBudget(share=0.7)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """How a variant is tried in a throwaway subprocess before the daemon loads it."""
+
+    timeout_seconds: float = 120.0
+    # Crashes of the daemon while a variant was loading or running before it is quarantined.
+    quarantine_after: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    store: StoreConfig = StoreConfig()
+    server: ServerConfig = ServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    memory: MemoryConfig = MemoryConfig()
+    validation: ValidationConfig = ValidationConfig()
+    source: Path | None = None
+
+
+def _take(table: dict[str, Any], key: str, prefix: str, kinds: tuple[type, ...]) -> Any:
+    value = table.pop(key)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{prefix}.{key}: expected {_kind_names(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{prefix}.{key}: expected {_kind_names(kinds)}, got {value!r}")
+    return value
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive(value: float, key: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value!r}")
+    return value
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.pop(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table [{name}], got {value!r}")
+    return dict(value)
+
+
+def _no_leftovers(table: dict[str, Any], prefix: str) -> None:
+    if table:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else k for k in sorted(table))
+        raise ConfigError(f"unknown configuration key: {keys}")
+
+
+def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Build a Config from parsed TOML; relative store paths resolve against ``base_dir``."""
+    data = dict(data)
+    base = base_dir or Path.cwd()
+
+    store_t = _section(data, "store")
+    store = StoreConfig()
+    if "path" in store_t:
+        path = Path(_take(store_t, "path", "store", (str,)))
+        store = StoreConfig(path=Path(os.path.normpath(path if path.is_absolute() else base / path)))
+    _no_leftovers(store_t, "store")
+
+    server_t = _section(data, "server")
+    server = ServerConfig()
+    updates: dict[str, Any] = {}
+    if "unix_socket" in server_t:
+        sock = _take(server_t, "unix_socket", "server", (str,))
+        if sock and not Path(sock).is_absolute():
+            sock = os.path.normpath(base / sock)
+        updates["unix_socket"] = sock
+    if "tcp" in server_t:
+        updates["tcp"] = parse_address(
+            _take(server_t, "tcp", "server", (str,)), "server.tcp", allow_empty=True
+        )
+    if "max_message_bytes" in server_t:
+        updates["max_message_bytes"] = parse_size(
+            _take(server_t, "max_message_bytes", "server", (str, int)), "server.max_message_bytes"
+        )
+    if "workers" in server_t:
+        updates["workers"] = int(
+            _positive(_take(server_t, "workers", "server", (int,)), "server.workers")
+        )
+    if "drain_seconds" in server_t:
+        updates["drain_seconds"] = float(
+            _positive(
+                _take(server_t, "drain_seconds", "server", (int, float)), "server.drain_seconds"
+            )
+        )
+    server = dataclasses.replace(server, **updates)
+    if not server.unix_socket and not server.tcp:
+        raise ConfigError("server: both server.unix_socket and server.tcp are empty; set one")
+    _no_leftovers(server_t, "server")
+
+    metrics_t = _section(data, "metrics")
+    metrics = MetricsConfig()
+    if "address" in metrics_t:
+        metrics = MetricsConfig(
+            address=parse_address(
+                _take(metrics_t, "address", "metrics", (str,)), "metrics.address", allow_empty=True
+            )
+        )
+    _no_leftovers(metrics_t, "metrics")
+
+    memory_t = _section(data, "memory")
+    memory = MemoryConfig()
+    if "budget" in memory_t:
+        memory = MemoryConfig(
+            budget=MemoryBudget.parse(
+                _take(memory_t, "budget", "memory", (str, int)), "memory.budget"
+            )
+        )
+    _no_leftovers(memory_t, "memory")
+
+    validation_t = _section(data, "validation")
+    validation = ValidationConfig()
+    v_updates: dict[str, Any] = {}
+    if "timeout_seconds" in validation_t:
+        v_updates["timeout_seconds"] = float(
+            _positive(
+                _take(validation_t, "timeout_seconds", "validation", (int, float)),
+                "validation.timeout_seconds",
+            )
+        )
+    if "quarantine_after" in validation_t:
+        v_updates["quarantine_after"] = int(
+            _positive(
+                _take(validation_t, "quarantine_after", "validation", (int,)),
+                "validation.quarantine_after",
+            )
+        )
+    validation = dataclasses.replace(validation, **v_updates)
+    _no_leftovers(validation_t, "validation")
+
+    _no_leftovers(data, "")
+    return Config(store=store, server=server, metrics=metrics, memory=memory, validation=validation)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file; relative paths in it are relative to the file."""
+    source = Path(path)
+    try:
+        with source.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {source}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    config = from_dict(data, base_dir=source.resolve().parent)
+    return dataclasses.replace(config, source=source)

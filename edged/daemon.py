@@ -1,0 +1,102 @@
+"""Wiring and lifecycle: start-up, the main loop, signals, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from edged import systemd
+from edged.config import Config
+from edged.grpc.server import GrpcServer
+from edged.metrics import Metrics
+from edged.portfolio.journal import CrashJournal
+from edged.portfolio.portfolio import Portfolio, PortfolioSettings
+from edged.store.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = ModelStore(config.store.path)
+        self.metrics = Metrics()
+        self.ready = [False]
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    def _build_portfolio(self) -> Portfolio:
+        c = self.config
+        settings = PortfolioSettings(
+            budget_bytes=c.memory.budget.resolve(),
+            probe_timeout=c.validation.timeout_seconds,
+            quarantine_after=c.validation.quarantine_after,
+            drain_seconds=c.server.drain_seconds,
+            infer_workers=c.server.workers,
+        )
+        return Portfolio(self.store, CrashJournal(self.store.state / "journal"), settings)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.store.recover()
+        portfolio = self._build_portfolio()
+        suspects = portfolio.recover_from_crash()
+        if suspects:
+            log.warning("previous run ended abnormally; suspects: %s", ", ".join(suspects))
+        portfolio.refresh()
+        self.metrics.watch(portfolio)
+        server = GrpcServer(self.config.server, portfolio, self.metrics, self.ready)
+        await server.start()
+        await server.set_serving(False)
+        if self.config.metrics.address:
+            self.metrics.serve(self.config.metrics.address)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        watchdog = asyncio.ensure_future(self._watchdog())
+        try:
+            await portfolio.load_all()
+            self.ready[0] = True
+            await server.set_serving(True)
+            systemd.notify("READY=1", f"STATUS=serving {len(portfolio.slots)} models")
+            log.info("edged ready: %d models", len(portfolio.slots))
+            while not self._stop.is_set():
+                reload = asyncio.ensure_future(self._reload.wait())
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait({reload, stop}, return_when=asyncio.FIRST_COMPLETED)
+                reload.cancel()
+                stop.cancel()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    systemd.reloading()
+                    portfolio.refresh()
+                    systemd.notify("READY=1", "STATUS=store re-read")
+        finally:
+            systemd.notify("STOPPING=1")
+            log.info("stopping: draining requests for up to %.0fs",
+                     self.config.server.drain_seconds)
+            self.ready[0] = False
+            await server.set_serving(False)
+            await server.stop(self.config.server.drain_seconds)
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await portfolio.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+    async def _watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        # The ping comes from the event loop itself: a wedged loop stops pinging.
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def serve(config: Config) -> None:
+    asyncio.run(Daemon(config).run())

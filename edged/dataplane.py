@@ -1,0 +1,156 @@
+"""Inference, transport-free: route to a leased handle, check inputs, run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from edged.errors import InvalidInputError
+from edged.portfolio.portfolio import Portfolio
+from edged.portfolio.slot import Handle
+from edged.runtime.base import NUMPY_TO_DATATYPE, Array, GenerationParams, TensorSpec
+
+_END = object()
+
+
+def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
+    """Names, datatypes and shapes against the model's signature; errors name the tensor."""
+    expected = {s.name for s in specs}
+    for name in inputs:
+        if name not in expected:
+            raise InvalidInputError(
+                f"unexpected input tensor {name!r}: model {model!r} takes "
+                f"{', '.join(sorted(expected))}"
+            )
+    for spec in specs:
+        array = inputs.get(spec.name)
+        if array is None:
+            raise InvalidInputError(f"missing input tensor {spec.name!r} for model {model!r}")
+        datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?")
+        if datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: datatype {datatype} does not match the model's "
+                f"{spec.datatype}"
+            )
+        if len(array.shape) != len(spec.shape) or any(
+            want >= 0 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+        ):
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: shape {list(array.shape)} does not match the "
+                f"model's {list(spec.shape)} (-1 is any size)"
+            )
+
+
+def select_outputs(
+    model: str, outputs: dict[str, Array], requested: Sequence[str]
+) -> list[tuple[str, Array]]:
+    if not requested:
+        return list(outputs.items())
+    selected = []
+    for name in requested:
+        if name not in outputs:
+            raise InvalidInputError(
+                f"requested output {name!r} does not exist: model {model!r} produces "
+                f"{', '.join(outputs)}"
+            )
+        selected.append((name, outputs[name]))
+    return selected
+
+
+class DataPlane:
+    def __init__(self, portfolio: Portfolio) -> None:
+        self.portfolio = portfolio
+
+    async def infer(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, Array],
+        requested: Sequence[str],
+        params: GenerationParams,
+    ) -> tuple[Handle, list[tuple[str, Array]]]:
+        lease = await self.portfolio.lease(model, version)
+        handle = lease.handle
+        try:
+            runtime = handle.runtime
+            check_inputs(model, runtime.inputs, inputs)
+            loop = asyncio.get_running_loop()
+            if runtime.generative:
+                text = "".join([c async for c in self._stream(handle, inputs, params)])
+                outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
+            else:
+                outputs = await loop.run_in_executor(
+                    self.portfolio.infer_pool, runtime.infer, inputs
+                )
+            return handle, select_outputs(model, outputs, requested)
+        finally:
+            lease.release()
+
+    async def generate(
+        self, model: str, version: str, inputs: Mapping[str, Array], params: GenerationParams
+    ) -> tuple[Handle, AsyncIterator[str]]:
+        """A leased handle and its stream of text chunks; the lease ends with the stream."""
+        lease = await self.portfolio.lease(model, version)
+        try:
+            check_inputs(model, lease.handle.runtime.inputs, inputs)
+            if not lease.handle.runtime.generative:
+                raise InvalidInputError(f"model {model!r} does not generate text")
+        except BaseException:
+            lease.release()
+            raise
+
+        async def chunks() -> AsyncIterator[str]:
+            try:
+                async for chunk in self._stream(lease.handle, inputs, params):
+                    yield chunk
+            finally:
+                lease.release()
+
+        return lease.handle, chunks()
+
+    async def _stream(
+        self, handle: Handle, inputs: Mapping[str, Array], params: GenerationParams
+    ) -> AsyncIterator[str]:
+        """Run generation on a worker thread, handing chunks to the loop as they come."""
+        runtime = handle.runtime
+        prompt_array = next(iter(inputs.values())).reshape(-1)
+        if prompt_array.size != 1:
+            raise InvalidInputError(
+                f"input tensor {runtime.inputs[0].name!r}: expected one prompt string, "
+                f"got {prompt_array.size}"
+            )
+        raw = prompt_array[0]
+        try:
+            prompt = raw.decode() if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"input tensor {runtime.inputs[0].name!r}: not UTF-8") from None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                for chunk in runtime.generate(prompt, params, stop.is_set):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        future = loop.run_in_executor(self.portfolio.infer_pool, work)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(future)
+
+
+def _text_array(text: str) -> Array:
+    import numpy as np
+
+    return np.array([text.encode()], dtype=object)

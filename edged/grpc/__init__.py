@@ -1,0 +1,1 @@
+"""The gRPC boundary: servicers convert and delegate; the core knows nothing of protobuf."""

@@ -1,0 +1,193 @@
+"""All protobuf <-> domain conversion: tensors, parameters, responses.
+
+Raw tensor bytes become numpy arrays without a copy (np.frombuffer over the request's bytes);
+outputs are serialized once into raw_output_contents, which tritonclient reads.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from edged.api import inference_pb2 as pb
+from edged.errors import InvalidInputError
+from edged.runtime.base import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, Array, GenerationParams
+
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+MAX_TOKENS_LIMIT = 8192
+_LEN = struct.Struct("<I")
+
+
+def deserialize_bytes(data: bytes, count: int, name: str) -> Array:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    items: list[bytes] = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInputError(f"input tensor {name!r}: truncated BYTES length prefix")
+        (length,) = _LEN.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInputError(f"input tensor {name!r}: BYTES element overruns the buffer")
+        items.append(data[offset : offset + length])
+        offset += length
+    if len(items) != count:
+        raise InvalidInputError(
+            f"input tensor {name!r}: shape holds {count} BYTES elements, got {len(items)}"
+        )
+    return np.array(items, dtype=object)
+
+
+def serialize_bytes(array: Array) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        value = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(_LEN.pack(len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} input tensors"
+        )
+    arrays: dict[str, Array] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidInputError(f"input tensor {name!r} appears twice")
+        dtype = DATATYPE_TO_NUMPY.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidInputError(
+                f"input tensor {name!r}: unknown datatype {tensor.datatype!r} "
+                f"(expected one of {', '.join(DATATYPE_TO_NUMPY)})"
+            )
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInputError(f"input tensor {name!r}: negative dimension in {list(shape)}")
+        count = math.prod(shape)
+        if raw:
+            arrays[name] = _from_raw(raw[index], tensor.datatype, dtype, shape, count, name)
+        else:
+            arrays[name] = _from_contents(tensor, dtype, shape, count)
+    return arrays
+
+
+def _from_raw(
+    data: bytes, datatype: str, dtype: Any, shape: tuple[int, ...], count: int, name: str
+) -> Array:
+    if datatype == "BYTES":
+        return deserialize_bytes(data, count, name).reshape(shape)
+    itemsize = np.dtype(dtype).itemsize
+    if len(data) != count * itemsize:
+        raise InvalidInputError(
+            f"input tensor {name!r}: shape {list(shape)} of {datatype} holds {count} elements "
+            f"({count * itemsize} bytes), got {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, dtype: Any, shape: tuple[int, ...], count: int
+) -> Array:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"input tensor {tensor.name!r}: {tensor.datatype} data must be sent in "
+            "raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input tensor {tensor.name!r}: shape {list(shape)} holds {count} elements, "
+            f"got {len(values)} in contents.{field}"
+        )
+    if tensor.datatype == "BYTES":
+        return np.array(list(values), dtype=object).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+def parameter_value(param: pb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[GenerationParams, bool]:
+    """(sampling settings, whether to stream) from request parameters, checked."""
+    max_tokens, temperature, stream = GenerationParams.max_tokens, 0.0, False
+    if "max_tokens" in parameters:
+        value = parameter_value(parameters["max_tokens"])
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+            0 < value <= MAX_TOKENS_LIMIT
+        ):
+            raise InvalidInputError(
+                f"parameter 'max_tokens': expected an integer in 1..{MAX_TOKENS_LIMIT}, "
+                f"got {value!r}"
+            )
+        max_tokens = value
+    if "temperature" in parameters:
+        value = parameter_value(parameters["temperature"])
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0.0 <= float(value) <= 10.0
+        ):
+            raise InvalidInputError(
+                f"parameter 'temperature': expected a number in 0..10, got {value!r}"
+            )
+        temperature = float(value)
+    if "stream" in parameters:
+        value = parameter_value(parameters["stream"])
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"parameter 'stream': expected true or false, got {value!r}")
+        stream = value
+    return GenerationParams(max_tokens=max_tokens, temperature=temperature), stream
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
+    return [o.name for o in request.outputs]
+
+
+def infer_response(
+    request: pb.ModelInferRequest,
+    version: str,
+    variant: str,
+    outputs: Iterable[tuple[str, Array]],
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=version, id=request.id
+    )
+    response.parameters["edged_variant"].string_param = variant
+    for name, array in outputs:
+        if array.dtype == object or array.dtype.kind in "SU":
+            datatype, payload = "BYTES", serialize_bytes(array)
+        else:
+            datatype = NUMPY_TO_DATATYPE[array.dtype]
+            payload = np.ascontiguousarray(array).tobytes()
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(payload)
+    return response
+
+
+def text_response(
+    request: pb.ModelInferRequest, version: str, variant: str, text: str, output: str
+) -> pb.ModelInferResponse:
+    return infer_response(request, version, variant, [(output, np.array([text.encode()],
+                                                                         dtype=object))])

@@ -1,0 +1,49 @@
+"""edged.v1.Portfolio: what the store holds and what is resident, for `edged models`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from edged.api import portfolio_pb2 as pb
+from edged.api import portfolio_pb2_grpc as pb_grpc
+from edged.grpc.status import mapped_errors
+from edged.portfolio.portfolio import Portfolio
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class PortfolioServicer(pb_grpc.PortfolioServicer):
+    def __init__(self, portfolio: Portfolio) -> None:
+        self.portfolio = portfolio
+
+    @mapped_errors
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> Any:
+        portfolio = self.portfolio
+        portfolio.refresh()
+        response = pb.ListModelsResponse()
+        for name, slot in sorted(portfolio.slots.items()):
+            active = slot.manifest.version if slot.manifest else ""
+            model = response.models.add(
+                name=name, active_version=active,
+                state="READY" if slot.ready else slot.state.value,
+            )
+            handle = slot.handle
+            for version in portfolio.store.versions(name):
+                manifest = portfolio.store.manifest(name, version)
+                entry = model.versions.add(version=version, active=version == active)
+                for variant in manifest.variants:
+                    state, reason, result = portfolio.verdict(variant)
+                    serving = handle is not None and handle.version == version and (
+                        handle.variant.id == variant.id
+                    )
+                    entry.variants.add(
+                        id=variant.id, format=variant.format, quantization=variant.quantization,
+                        quality=variant.quality, size=variant.size,
+                        state="READY" if serving else state, reason=reason, serving=serving,
+                        resident_bytes=handle.load_stats.memory_bytes if serving and handle else 0,
+                        load_seconds=(handle.load_stats.seconds if serving and handle else
+                                      result.load_seconds if result else 0.0),
+                    )
+        return response

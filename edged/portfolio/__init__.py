@@ -1,0 +1,1 @@
+"""Which variants are resident, which one serves, and the leases that keep them alive."""

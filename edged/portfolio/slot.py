@@ -1,0 +1,113 @@
+"""A model's stable identity in the portfolio: its resident handle and the leases on it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+
+from edged.portfolio.journal import RESIDENT, CrashJournal
+from edged.runtime.base import LoadStats, Runtime
+from edged.store.manifest import Manifest, Variant
+
+
+class SlotState(enum.Enum):
+    UNLOADED = "UNAVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "UNAVAILABLE"
+
+
+@dataclasses.dataclass
+class Stats:
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    infer_ns: int = 0
+    last_inference_ms: int = 0
+
+    def record(self, ok: bool, elapsed_ns: int) -> None:
+        if ok:
+            self.success_count += 1
+            self.success_ns += elapsed_ns
+        else:
+            self.fail_count += 1
+            self.fail_ns += elapsed_ns
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+
+class Handle:
+    """One loaded variant. Leases count the requests using it; unload waits for zero."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        variant: Variant,
+        runtime: Runtime,
+        stats: LoadStats,
+        journal: CrashJournal,
+        journal_key: str,
+    ) -> None:
+        self.manifest = manifest
+        self.variant = variant
+        self.runtime = runtime
+        self.load_stats = stats
+        self.inflight = 0
+        self._journal = journal
+        self._journal_key = journal_key
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.last_used = time.monotonic()
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def acquire(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        self._journal.set(self._journal_key, RESIDENT, self.inflight)
+
+    def release(self) -> None:
+        self.inflight -= 1
+        self.last_used = time.monotonic()
+        self._journal.set(self._journal_key, RESIDENT, self.inflight)
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Lease:
+    """Holds a handle for the duration of one request (``async with``-free for speed)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Handle) -> None:
+        self.handle = handle
+        handle.acquire()
+
+    def release(self) -> None:
+        self.handle.release()
+
+
+@dataclasses.dataclass
+class Slot:
+    name: str
+    manifest: Manifest | None = None  # the active version's manifest
+    handle: Handle | None = None
+    state: SlotState = SlotState.UNLOADED
+    reason: str = ""
+    stats: Stats = dataclasses.field(default_factory=Stats)
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+    @property
+    def ready(self) -> bool:
+        return self.handle is not None and self.state is SlotState.READY

@@ -1,0 +1,75 @@
+"""Measure what a load costs: RSS delta plus the file pages a variant maps but has not touched.
+
+RSS already counts the file-backed pages a model touched; an mmap'd GGUF can later touch the rest,
+so the untouched remainder of its mapping is added to get the bytes it may come to hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+from edged.runtime.base import LoadStats
+
+T = TypeVar("T")
+
+
+def rss_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def mapped_file_bytes(path: Path, smaps: Path = Path("/proc/self/smaps")) -> tuple[int, int]:
+    """(mapped size, resident size) of every mapping of ``path`` in this process."""
+    target = str(path.resolve())
+    size = rss = 0
+    inside = False
+    try:
+        lines = smaps.read_text().splitlines()
+    except OSError:
+        return (0, 0)
+    for line in lines:
+        first = line.split(maxsplit=5)
+        if first and "-" in first[0] and len(first) >= 5 and not first[0].endswith(":"):
+            inside = len(first) == 6 and first[5] == target
+            continue
+        if inside and line.startswith("Size:"):
+            size += int(line.split()[1]) * 1024
+        elif inside and line.startswith("Rss:"):
+            rss += int(line.split()[1]) * 1024
+    return size, rss
+
+
+@contextlib.contextmanager
+def measure(path: Path) -> Iterator[LoadStats]:
+    """Fill a LoadStats with the time and memory spent inside the block."""
+    gc.collect()
+    stats = LoadStats()
+    before = rss_bytes()
+    start = time.perf_counter()
+    yield stats
+    stats.seconds = time.perf_counter() - start
+    stats.rss_delta_bytes = rss_bytes() - before
+    size, resident = mapped_file_bytes(path)
+    stats.mapped_bytes = max(size - resident, 0)
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    return fn(), time.perf_counter() - start
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    gc.collect()
+    if os.uname().sysname == "Linux":
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,0 +1,120 @@
+"""Validate a variant in a throwaway subprocess: load it and run one inference.
+
+Native runtimes can take the whole process down on a bad file or a bad kernel (a SIGSEGV inside
+llama.cpp cannot be caught), so the daemon never loads a file into its own process before this
+probe has loaded and run it elsewhere. The child prints one JSON line; the parent turns a crash,
+a hang or an error into a reason a person can read.
+
+Run as ``python -m edged.runtime.probe FORMAT PATH OPTIONS_JSON``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROBE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    usable: bool
+    reason: str = ""
+    load_seconds: float = 0.0
+    memory_bytes: int = 0
+    inputs: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[dict[str, Any], ...] = ()
+    platform: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["probe_version"] = PROBE_VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProbeResult | None:
+        if data.get("probe_version") != PROBE_VERSION:
+            return None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["inputs"] = tuple(values.get("inputs", ()))
+        values["outputs"] = tuple(values.get("outputs", ()))
+        return cls(**values)
+
+
+def _describe_exit(returncode: int, stderr: bytes) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the runtime crashed ({name}) while loading or running this file"
+    lines = [ln for ln in stderr.decode(errors="replace").strip().splitlines() if ln.strip()]
+    detail = lines[-1] if lines else f"exit status {returncode}"
+    return f"the runtime could not load or run this file: {detail}"
+
+
+async def probe(
+    fmt: str, path: Path, options: dict[str, Any], timeout: float
+) -> ProbeResult:
+    """Run the probe child and wait for it, at most ``timeout`` seconds."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edged.runtime.probe", fmt, str(path), json.dumps(options),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ProbeResult(False, f"validation timed out after {timeout:g}s (the runtime hung)")
+    if proc.returncode != 0:
+        return ProbeResult(False, _describe_exit(proc.returncode or 0, stderr))
+    try:
+        data = json.loads(stdout.decode().strip().splitlines()[-1])
+        result = ProbeResult.from_json(data)
+    except (ValueError, IndexError):
+        result = None
+    if result is None:
+        return ProbeResult(False, "validation printed no result (the probe is broken)")
+    return result
+
+
+def _child(fmt: str, path: Path, options: dict[str, Any]) -> ProbeResult:
+    from edged.runtime import open_runtime
+    from edged.runtime.memory import measure
+
+    start = time.perf_counter()
+    with measure(path) as stats:
+        runtime = open_runtime(fmt, path, options)
+        runtime.warm_up()
+    return ProbeResult(
+        usable=True,
+        load_seconds=time.perf_counter() - start,
+        memory_bytes=stats.memory_bytes,
+        inputs=tuple(s.to_json() for s in runtime.inputs),
+        outputs=tuple(s.to_json() for s in runtime.outputs),
+        platform=runtime.platform,
+    )
+
+
+def main(argv: list[str]) -> int:
+    fmt, path, options = argv[0], Path(argv[1]), json.loads(argv[2])
+    try:
+        result = _child(fmt, path, options)
+    except Exception as exc:  # any Python-level failure is a clean "unusable" verdict
+        result = ProbeResult(False, f"the runtime could not load or run this file: {exc}")
+    print(json.dumps(result.to_json()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

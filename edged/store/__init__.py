@@ -1,0 +1,1 @@
+"""The versioned, content-addressed model store."""

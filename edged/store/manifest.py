@@ -1,0 +1,204 @@
+"""Model version manifests: what a version holds (variants) and where it came from (lineage).
+
+Everything here comes from outside (a directory on disk, later the network), so every field is
+checked and every error names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from edged.errors import ManifestError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+FORMATS = ("onnx", "gguf")
+SCHEMA = 1
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """A model or variant name: ``[a-z0-9][a-z0-9._-]{0,63}`` (safe as a path component)."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in {".", ".."}:
+        raise ManifestError(
+            f"{what}: {name!r} is not a valid name (lowercase letters, digits, '.', '_', '-'; "
+            "starting with a letter or digit; at most 64 characters)"
+        )
+    return name
+
+
+def check_version(version: object, what: str = "version") -> str:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise ManifestError(
+            f"{what}: {version!r} is not a valid version (letters, digits, '.', '_', '+', '-'; "
+            "at most 64 characters)"
+        )
+    return version
+
+
+def check_relative_file(path: object, what: str) -> str:
+    """A file name inside the manifest's directory: relative, no '..', no absolute path."""
+    if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
+        raise ManifestError(f"{what}: expected a relative file path, got {path!r}")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or any(part in {"..", ""} for part in pure.parts):
+        raise ManifestError(f"{what}: {path!r} leaves the manifest's directory")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyBudget:
+    p50: float
+    p95: float
+    p99: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    id: str
+    format: str
+    file: str
+    sha256: str
+    size: int
+    quantization: str
+    target: str
+    quality: float
+    latency_ms: LatencyBudget | None
+    memory_bytes: int
+    options: dict[str, Any]
+
+    @property
+    def threads(self) -> int | None:
+        value = self.options.get("threads")
+        return int(value) if isinstance(value, int) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    created: str
+    lineage: dict[str, Any]
+    variants: tuple[Variant, ...]
+    raw: dict[str, Any]
+
+    def variant(self, variant_id: str) -> Variant:
+        for v in self.variants:
+            if v.id == variant_id:
+                return v
+        raise ManifestError(f"model {self.name} version {self.version} has no variant {variant_id}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, indent=2, sort_keys=True) + "\n"
+
+
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise ManifestError(f"{where}{key}: missing")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ManifestError(f"{where}{key}: expected {_names(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ManifestError(f"{where}{key}: expected {_names(kinds)}, got {value!r}")
+    return value
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return "/".join({str: "string", int: "integer", float: "number", dict: "object",
+                     list: "array", bool: "boolean"}.get(k, k.__name__) for k in kinds)
+
+
+def _variant(raw: Any, index: int) -> Variant:
+    where = f"variants[{index}]."
+    if not isinstance(raw, dict):
+        raise ManifestError(f"variants[{index}]: expected an object")
+    vid = check_name(_get(raw, "id", str, where), f"{where}id")
+    where = f"variants[{vid}]."
+    fmt = _get(raw, "format", str, where)
+    if fmt not in FORMATS:
+        raise ManifestError(f"{where}format: unknown format {fmt!r} (expected one of {FORMATS})")
+    file = check_relative_file(_get(raw, "file", str, where), f"{where}file")
+    digest = _get(raw, "sha256", str, where)
+    if not SHA256_RE.match(digest):
+        raise ManifestError(f"{where}sha256: expected 64 lowercase hex digits, got {digest!r}")
+    size = _get(raw, "size", int, where)
+    if size < 0:
+        raise ManifestError(f"{where}size: must not be negative, got {size}")
+    quality = float(_get(raw, "quality", (int, float), where))
+    if not 0.0 <= quality <= 1.0:
+        raise ManifestError(f"{where}quality: must be within 0..1, got {quality}")
+    latency = None
+    if "latency_ms" in raw:
+        lat = _get(raw, "latency_ms", dict, where)
+        values = [float(_get(lat, k, (int, float), f"{where}latency_ms.")) for k in
+                  ("p50", "p95", "p99")]
+        latency = LatencyBudget(*values)
+    memory = 0
+    if "memory_bytes" in raw:
+        memory = _get(raw, "memory_bytes", int, where)
+        if memory < 0:
+            raise ManifestError(f"{where}memory_bytes: must not be negative, got {memory}")
+    options = raw.get("options", {})
+    if not isinstance(options, dict):
+        raise ManifestError(f"{where}options: expected an object, got {options!r}")
+    for key in ("threads", "n_ctx"):
+        if key in options and (
+            isinstance(options[key], bool)
+            or not isinstance(options[key], int)
+            or options[key] <= 0
+        ):
+            raise ManifestError(f"{where}options.{key}: expected a positive integer")
+    return Variant(
+        id=vid,
+        format=fmt,
+        file=file,
+        sha256=digest,
+        size=size,
+        quantization=str(raw.get("quantization", "")),
+        target=str(raw.get("target", "cpu")),
+        quality=quality,
+        latency_ms=latency,
+        memory_bytes=memory,
+        options=dict(options),
+    )
+
+
+def parse(raw: Any) -> Manifest:
+    """Validate a decoded manifest; raises ManifestError naming the offending field."""
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest: expected a JSON object")
+    schema = _get(raw, "schema", int, "")
+    if schema != SCHEMA:
+        raise ManifestError(f"schema: unsupported manifest schema {schema} (expected {SCHEMA})")
+    name = check_name(_get(raw, "name", str, ""), "name")
+    version = check_version(_get(raw, "version", str, ""), "version")
+    created = str(raw.get("created", ""))
+    lineage = raw.get("lineage", {})
+    if not isinstance(lineage, dict):
+        raise ManifestError("lineage: expected an object")
+    variants_raw = _get(raw, "variants", list, "")
+    if not variants_raw:
+        raise ManifestError("variants: a model version needs at least one variant")
+    variants = tuple(_variant(v, i) for i, v in enumerate(variants_raw))
+    seen: set[str] = set()
+    for v in variants:
+        if v.id in seen:
+            raise ManifestError(f"variants[{v.id}].id: duplicate variant id")
+        seen.add(v.id)
+    return Manifest(name, version, created, dict(lineage), variants, raw)
+
+
+def loads(data: bytes | str) -> Manifest:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest: not valid JSON: {exc}") from None
+    return parse(raw)
