@@ -46,14 +46,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = ModelStore(cfg.store.path)
     manifest = store.import_dir(Path(args.dir), activate=not args.no_activate)
-    print(f"imported {manifest.name} version {manifest.version} "
-          f"({len(manifest.variants)} variants)")
+    print(
+        f"imported {manifest.name} version {manifest.version} ({len(manifest.variants)} variants)"
+    )
     if args.no_validate:
         return 0
     for variant in manifest.variants:
         if store.validation(variant) is None:
-            result = asyncio.run(probe(variant.format, store.variant_path(variant),
-                                       variant.options, cfg.validation.timeout_seconds))
+            result = asyncio.run(
+                probe(
+                    variant.format,
+                    store.variant_path(variant),
+                    variant.options,
+                    cfg.validation.timeout_seconds,
+                )
+            )
             store.put_validation(variant, result.to_json())
         record = store.validation(variant) or {}
         verdict = "usable" if record.get("usable") else f"UNUSABLE: {record.get('reason')}"
@@ -80,8 +87,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             marker = "*" if version.active else " "
             for v in version.variants:
                 resident = f"{v.resident_bytes / 2**20:.1f} MiB" if v.resident_bytes else ""
-                print(f"  {marker}{version.version:<6} {v.id:<8} {v.format:<5} "
-                      f"q={v.quality:.3f} {v.state:<12} {resident:<10} {v.reason}")
+                print(
+                    f"  {marker}{version.version:<6} {v.id:<8} {v.format:<5} "
+                    f"q={v.quality:.3f} {v.state:<12} {resident:<10} {v.reason}"
+                )
     return 0
 
 
@@ -92,7 +101,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from edged.api import inference_pb2 as pb
     from edged.api import inference_pb2_grpc as pb_grpc
     from edged.grpc import convert
-    from edged.runtime.base import DATATYPE_TO_NUMPY, TensorSpec, example_inputs
+    from edged.runtime.base import (
+        DATATYPE_TO_NUMPY,
+        NUMPY_TO_DATATYPE,
+        TensorSpec,
+        example_inputs,
+    )
 
     with grpc.insecure_channel(_address(args)) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -101,8 +115,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
             arrays: dict[str, Any] = {"text_input": np.array([args.text.encode()], dtype=object)}
             request.parameters["max_tokens"].int64_param = args.max_tokens
         else:
-            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=args.model),
-                                      timeout=args.timeout)
+            meta = stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=args.model), timeout=args.timeout
+            )
             specs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in meta.inputs)
             arrays = example_inputs(specs)
             for item in args.input or []:
@@ -112,22 +127,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
                     raise EdgedError(f"--input {name}: the model has no such input")
                 arrays[name] = np.asarray(json.loads(value), dtype=DATATYPE_TO_NUMPY[spec.datatype])
         for name, array in arrays.items():
-            datatype = "BYTES" if array.dtype == object else convert.NUMPY_TO_DATATYPE[array.dtype]
+            datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]
             request.inputs.add(name=name, datatype=datatype, shape=array.shape)
             request.raw_input_contents.append(
                 convert.serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
             )
         response = stub.ModelInfer(request, timeout=args.timeout)
-    print(f"model {response.model_name} version {response.model_version} "
-          f"variant {response.parameters['edged_variant'].string_param}")
+    print(
+        f"model {response.model_name} version {response.model_version} "
+        f"variant {response.parameters['edged_variant'].string_param}"
+    )
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         if tensor.datatype == "BYTES":
             values = convert.deserialize_bytes(raw, int(np.prod(tensor.shape)), tensor.name)
             print(f"{tensor.name}: {[v.decode(errors='replace') for v in values]}")
         else:
             array = np.frombuffer(raw, DATATYPE_TO_NUMPY[tensor.datatype]).reshape(tensor.shape)
-            print(f"{tensor.name} {tensor.datatype} {list(tensor.shape)}: "
-                  f"{np.array2string(array, threshold=20, precision=4)}")
+            print(
+                f"{tensor.name} {tensor.datatype} {list(tensor.shape)}: "
+                f"{np.array2string(array, threshold=20, precision=4)}"
+            )
     return 0
 
 
@@ -137,8 +156,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out = Path(args.out) if args.out else cfg.store.path.parent / "demo-src"
     for model_dir in build_demo(out):
-        ns = argparse.Namespace(config=args.config, dir=str(model_dir), no_activate=False,
-                                no_validate=False)
+        ns = argparse.Namespace(
+            config=args.config, dir=str(model_dir), no_activate=False, no_validate=False
+        )
         cmd_import(ns)
     return 0
 
@@ -153,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_client(p: argparse.ArgumentParser) -> None:
         with_config(p)
-        p.add_argument("--address", help="daemon address (unix:/path or host:port); "
-                       "default: the config's unix socket")
+        p.add_argument(
+            "--address",
+            help="daemon address (unix:/path or host:port); default: the config's unix socket",
+        )
         p.add_argument("--timeout", type=float, default=120.0)
 
     p = sub.add_parser("serve", help="run the daemon in the foreground")
@@ -204,6 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         import grpc
 
         if isinstance(exc, grpc.RpcError):
-            print(f"edged: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"edged: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
         raise

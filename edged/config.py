@@ -177,7 +177,9 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     store = StoreConfig()
     if "path" in store_t:
         path = Path(_take(store_t, "path", "store", (str,)))
-        store = StoreConfig(path=Path(os.path.normpath(path if path.is_absolute() else base / path)))
+        store = StoreConfig(
+            path=Path(os.path.normpath(path if path.is_absolute() else base / path))
+        )
     _no_leftovers(store_t, "store")
 
     server_t = _section(data, "server")

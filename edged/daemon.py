@@ -75,8 +75,9 @@ class Daemon:
                     systemd.notify("READY=1", "STATUS=store re-read")
         finally:
             systemd.notify("STOPPING=1")
-            log.info("stopping: draining requests for up to %.0fs",
-                     self.config.server.drain_seconds)
+            log.info(
+                "stopping: draining requests for up to %.0fs", self.config.server.drain_seconds
+            )
             self.ready[0] = False
             await server.set_serving(False)
             await server.stop(self.config.server.drain_seconds)

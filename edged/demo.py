@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -53,7 +54,7 @@ def mlp_model(path: Path, sizes: tuple[int, ...], seed: int = SEED) -> None:
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = "input"
-    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -66,7 +67,8 @@ def mlp_model(path: Path, sizes: tuple[int, ...], seed: int = SEED) -> None:
             out = f"relu{i}"
         current = out
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", sizes[-1]])],
         inits,
@@ -86,9 +88,12 @@ def cnn_model(path: Path, seed: int = SEED) -> None:
         )
 
     inits = [
-        weight("c1w", (8, 1, 3, 3), 9), weight("c1b", (8,), 9),
-        weight("c2w", (16, 8, 3, 3), 72), weight("c2b", (16,), 72),
-        weight("fcw", (16, 10), 16), weight("fcb", (10,), 16),
+        weight("c1w", (8, 1, 3, 3), 9),
+        weight("c1b", (8,), 9),
+        weight("c2w", (16, 8, 3, 3), 72),
+        weight("c2b", (16,), 72),
+        weight("fcw", (16, 10), 16),
+        weight("fcb", (10,), 16),
     ]
     nodes = [
         helper.make_node("Conv", ["image", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
@@ -102,7 +107,8 @@ def cnn_model(path: Path, seed: int = SEED) -> None:
         helper.make_node("Add", ["m", "fcb"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "cnn",
+        nodes,
+        "cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         inits,
@@ -146,8 +152,9 @@ def _top1_agreement(reference: Any, candidate: Any) -> float:
 N_EMBD, N_FF, N_LAYER, N_HEAD, N_CTX = 64, 128, 2, 4, 256
 
 
-def gguf_llama(path: Path, seed: int = SEED, n_embd: int = N_EMBD, n_ff: int = N_FF,
-               n_layer: int = N_LAYER) -> None:
+def gguf_llama(
+    path: Path, seed: int = SEED, n_embd: int = N_EMBD, n_ff: int = N_FF, n_layer: int = N_LAYER
+) -> None:
     """A llama-architecture GGUF with a byte-level vocabulary and random f16 weights.
 
     Output rows of all but printable ASCII tokens are zero, so greedy generation emits readable
@@ -217,8 +224,9 @@ def quantize_q8_0(src: Path, dst: Path) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
-                                            ctypes.byref(params))
+    status = llama_cpp.llama_model_quantize(
+        str(src).encode(), str(dst).encode(), ctypes.byref(params)
+    )
     if status != 0:
         raise RuntimeError(f"llama_model_quantize failed with status {status}")
 
@@ -257,35 +265,60 @@ def _text_agreement(reference: list[str], candidate: list[str]) -> float:
 # -- assembly ----------------------------------------------------------------------------------
 
 
-def _variant(directory: Path, vid: str, fmt: str, file: str, quant: str, quality: float,
-             latency_p50: float | None, options: dict[str, Any]) -> dict[str, Any]:
+def _variant(
+    directory: Path,
+    vid: str,
+    fmt: str,
+    file: str,
+    quant: str,
+    quality: float,
+    latency_p50: float | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
     path = directory / file
     entry: dict[str, Any] = {
-        "id": vid, "format": fmt, "file": file, "sha256": _sha256(path),
-        "size": path.stat().st_size, "quantization": quant, "target": "cpu",
-        "quality": round(quality, 4), "memory_bytes": path.stat().st_size,
+        "id": vid,
+        "format": fmt,
+        "file": file,
+        "sha256": _sha256(path),
+        "size": path.stat().st_size,
+        "quantization": quant,
+        "target": "cpu",
+        "quality": round(quality, 4),
+        "memory_bytes": path.stat().st_size,
         "options": options,
     }
     if latency_p50 is not None:
-        entry["latency_ms"] = {"p50": round(latency_p50, 3), "p95": round(latency_p50 * 2, 3),
-                               "p99": round(latency_p50 * 3, 3)}
+        entry["latency_ms"] = {
+            "p50": round(latency_p50, 3),
+            "p95": round(latency_p50 * 2, 3),
+            "p99": round(latency_p50 * 3, 3),
+        }
     return entry
 
 
-def _write_manifest(directory: Path, name: str, variants: list[dict[str, Any]],
-                    compression: dict[str, Any]) -> None:
+def _write_manifest(
+    directory: Path, name: str, variants: list[dict[str, Any]], compression: dict[str, Any]
+) -> None:
     manifest = {
-        "schema": 1, "name": name, "version": "1",
+        "schema": 1,
+        "name": name,
+        "version": "1",
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "lineage": {"parent": None, "teacher": {"name": f"{name}-teacher", "version": "1.0.0"},
-                    "dataset": "synthetic-seeded", "compression": compression},
+        "lineage": {
+            "parent": None,
+            "teacher": {"name": f"{name}-teacher", "version": "1.0.0"},
+            "dataset": "synthetic-seeded",
+            "compression": compression,
+        },
         "variants": variants,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _onnx_family(out: Path, name: str, build: Callable[[Path], None], feed_name: str,
-                 shape: tuple[int, ...]) -> Path:
+def _onnx_family(
+    out: Path, name: str, build: Callable[[Path], None], feed_name: str, shape: tuple[int, ...]
+) -> Path:
     directory = out / name
     directory.mkdir(parents=True, exist_ok=True)
     fp32, int8 = directory / "model.fp32.onnx", directory / "model.int8.onnx"
@@ -297,10 +330,26 @@ def _onnx_family(out: Path, name: str, build: Callable[[Path], None], feed_name:
     quality = _top1_agreement(reference, _onnx_outputs(int8, sample))
     one = {feed_name: sample[feed_name][:1]}
     variants = [
-        _variant(directory, "fp32", "onnx", fp32.name, "fp32", 1.0, _onnx_p50_ms(fp32, one),
-                 {"threads": 1}),
-        _variant(directory, "int8", "onnx", int8.name, "int8", quality, _onnx_p50_ms(int8, one),
-                 {"threads": 1}),
+        _variant(
+            directory,
+            "fp32",
+            "onnx",
+            fp32.name,
+            "fp32",
+            1.0,
+            _onnx_p50_ms(fp32, one),
+            {"threads": 1},
+        ),
+        _variant(
+            directory,
+            "int8",
+            "onnx",
+            int8.name,
+            "int8",
+            quality,
+            _onnx_p50_ms(int8, one),
+            {"threads": 1},
+        ),
     ]
     _write_manifest(directory, name, variants, {"method": "dynamic-quantization", "bits": 8})
     return directory

@@ -19,16 +19,23 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
-            "edged_requests", "Inference requests by model and outcome",
-            ["model", "code"], registry=self.registry,
+            "edged_requests",
+            "Inference requests by model and outcome",
+            ["model", "code"],
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "edged_request_seconds", "Inference latency inside the daemon",
-            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "edged_request_seconds",
+            "Inference latency inside the daemon",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.loads = Counter(
-            "edged_loads", "Variant loads by model and variant",
-            ["model", "variant"], registry=self.registry,
+            "edged_loads",
+            "Variant loads by model and variant",
+            ["model", "variant"],
+            registry=self.registry,
         )
 
     def watch(self, portfolio: Portfolio) -> None:
@@ -52,9 +59,7 @@ class _PortfolioCollector(Collector):
         for slot in list(self._portfolio.slots.values()):
             handle = slot.handle
             if handle is not None:
-                resident.add_metric(
-                    [slot.name, handle.variant.id], handle.load_stats.memory_bytes
-                )
+                resident.add_metric([slot.name, handle.variant.id], handle.load_stats.memory_bytes)
         yield resident
         budget = GaugeMetricFamily("edged_budget_bytes", "Memory budget for resident variants")
         budget.add_metric([], self._portfolio.settings.budget_bytes)

@@ -136,8 +136,10 @@ def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[Gene
     max_tokens, temperature, stream = GenerationParams.max_tokens, 0.0, False
     if "max_tokens" in parameters:
         value = parameter_value(parameters["max_tokens"])
-        if isinstance(value, bool) or not isinstance(value, int) or not (
-            0 < value <= MAX_TOKENS_LIMIT
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (0 < value <= MAX_TOKENS_LIMIT)
         ):
             raise InvalidInputError(
                 f"parameter 'max_tokens': expected an integer in 1..{MAX_TOKENS_LIMIT}, "
@@ -146,8 +148,10 @@ def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[Gene
         max_tokens = value
     if "temperature" in parameters:
         value = parameter_value(parameters["temperature"])
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            0.0 <= float(value) <= 10.0
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0.0 <= float(value) <= 10.0)
         ):
             raise InvalidInputError(
                 f"parameter 'temperature': expected a number in 0..10, got {value!r}"
@@ -189,5 +193,6 @@ def infer_response(
 def text_response(
     request: pb.ModelInferRequest, version: str, variant: str, text: str, output: str
 ) -> pb.ModelInferResponse:
-    return infer_response(request, version, variant, [(output, np.array([text.encode()],
-                                                                         dtype=object))])
+    return infer_response(
+        request, version, variant, [(output, np.array([text.encode()], dtype=object))]
+    )

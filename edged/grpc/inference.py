@@ -48,7 +48,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         slot = self.portfolio.slots.get(request.name)
         ready = bool(
-            slot is not None and slot.ready and slot.handle is not None
+            slot is not None
+            and slot.ready
+            and slot.handle is not None
             and request.version in ("", slot.handle.version)
         )
         return pb.ModelReadyResponse(ready=ready)
@@ -105,8 +107,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = convert.decode_inputs(request)
             params, _ = convert.generation_params(request.parameters)
             handle, outputs = await self.dataplane.infer(
-                request.model_name, request.model_version, inputs,
-                convert.requested_outputs(request), params,
+                request.model_name,
+                request.model_version,
+                inputs,
+                convert.requested_outputs(request),
+                params,
             )
             response = convert.infer_response(request, handle.version, handle.variant.id, outputs)
             ok = True
@@ -151,17 +156,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         inputs = convert.decode_inputs(request)
         params, stream = convert.generation_params(request.parameters)
-        empty_final = bool(
-            convert.parameter_value(request.parameters["triton_enable_empty_final_response"])
-        ) if "triton_enable_empty_final_response" in request.parameters else False
+        empty_final = (
+            bool(convert.parameter_value(request.parameters["triton_enable_empty_final_response"]))
+            if "triton_enable_empty_final_response" in request.parameters
+            else False
+        )
         generative = False
         if stream:
             slot = self.portfolio.slot(request.model_name)
             generative = (await self.portfolio.ensure_ready(slot)).runtime.generative
         if not generative:
             handle, outputs = await self.dataplane.infer(
-                request.model_name, request.model_version, inputs,
-                convert.requested_outputs(request), params,
+                request.model_name,
+                request.model_version,
+                inputs,
+                convert.requested_outputs(request),
+                params,
             )
             response = convert.infer_response(request, handle.version, handle.variant.id, outputs)
             yield _stream_response(response, final=True)
@@ -175,14 +185,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for chunk in chunks:
             if pending is not None:
                 yield _stream_response(
-                    convert.text_response(request, handle.version, handle.variant.id, pending,
-                                          output), final=False)
+                    convert.text_response(
+                        request, handle.version, handle.variant.id, pending, output
+                    ),
+                    final=False,
+                )
             pending = chunk
         if empty_final:
             if pending is not None:
                 yield _stream_response(
-                    convert.text_response(request, handle.version, handle.variant.id, pending,
-                                          output), final=False)
+                    convert.text_response(
+                        request, handle.version, handle.variant.id, pending, output
+                    ),
+                    final=False,
+                )
             empty = pb.ModelInferResponse(
                 model_name=request.model_name, model_version=handle.version, id=request.id
             )
@@ -190,8 +206,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             yield _stream_response(empty, final=True)
         else:
             yield _stream_response(
-                convert.text_response(request, handle.version, handle.variant.id,
-                                      pending or "", output), final=True)
+                convert.text_response(
+                    request, handle.version, handle.variant.id, pending or "", output
+                ),
+                final=True,
+            )
 
     # -- statistics and repository -----------------------------------------------------------
 

@@ -26,7 +26,8 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
         for name, slot in sorted(portfolio.slots.items()):
             active = slot.manifest.version if slot.manifest else ""
             model = response.models.add(
-                name=name, active_version=active,
+                name=name,
+                active_version=active,
                 state="READY" if slot.ready else slot.state.value,
             )
             handle = slot.handle
@@ -35,15 +36,27 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
                 entry = model.versions.add(version=version, active=version == active)
                 for variant in manifest.variants:
                     state, reason, result = portfolio.verdict(variant)
-                    serving = handle is not None and handle.version == version and (
-                        handle.variant.id == variant.id
+                    serving = (
+                        handle is not None
+                        and handle.version == version
+                        and (handle.variant.id == variant.id)
                     )
                     entry.variants.add(
-                        id=variant.id, format=variant.format, quantization=variant.quantization,
-                        quality=variant.quality, size=variant.size,
-                        state="READY" if serving else state, reason=reason, serving=serving,
+                        id=variant.id,
+                        format=variant.format,
+                        quantization=variant.quantization,
+                        quality=variant.quality,
+                        size=variant.size,
+                        state="READY" if serving else state,
+                        reason=reason,
+                        serving=serving,
                         resident_bytes=handle.load_stats.memory_bytes if serving and handle else 0,
-                        load_seconds=(handle.load_stats.seconds if serving and handle else
-                                      result.load_seconds if result else 0.0),
+                        load_seconds=(
+                            handle.load_stats.seconds
+                            if serving and handle
+                            else result.load_seconds
+                            if result
+                            else 0.0
+                        ),
                     )
         return response

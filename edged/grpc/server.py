@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -43,9 +44,11 @@ class GrpcServer:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(portfolio, metrics, ready), self.server
         )
-        portfolio_pb2_grpc.add_PortfolioServicer_to_server(PortfolioServicer(portfolio),
-                                                           self.server)
-        self.health = health.aio.HealthServicer()
+        portfolio_pb2_grpc.add_PortfolioServicer_to_server(
+            PortfolioServicer(portfolio), self.server
+        )
+        # grpc_health attaches its asyncio servicer at import time; mypy cannot see it.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -68,8 +71,10 @@ class GrpcServer:
         await self.server.start()
         if sock:
             os.chmod(sock, 0o660)
-        log.info("listening on %s", ", ".join(
-            x for x in (f"unix:{sock}" if sock else "", self.bound_tcp or "") if x))
+        log.info(
+            "listening on %s",
+            ", ".join(x for x in (f"unix:{sock}" if sock else "", self.bound_tcp or "") if x),
+        )
 
     @property
     def bound_tcp(self) -> str | None:
@@ -79,8 +84,11 @@ class GrpcServer:
         return f"{host}:{self.tcp_port}"
 
     async def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *SERVICES):
             await self.health.set(name, status)
 

@@ -53,6 +53,7 @@ class Portfolio:
         self._load_pool = ThreadPoolExecutor(1, "edged-load")
         self._crashes: dict[str, dict[str, Any]] = {}
         self._probing: dict[str, asyncio.Future[ProbeResult]] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -64,8 +65,9 @@ class Portfolio:
         for key in suspects:
             record = self._crashes.setdefault(key, {"count": 0})
             record["count"] = int(record.get("count", 0)) + 1
-            log.warning("the last run died while %s was loading or running (crash %d)",
-                        key, record["count"])
+            log.warning(
+                "the last run died while %s was loading or running (crash %d)", key, record["count"]
+            )
         if suspects:
             self.store.put_crashes(self._crashes)
         self.journal.start()
@@ -104,9 +106,12 @@ class Portfolio:
         """(state, reason, probe result) without running anything."""
         crashes = self.crash_count(variant)
         if crashes >= self.settings.quarantine_after:
-            return ("QUARANTINED",
-                    f"quarantined: the daemon died {crashes} times while this variant was "
-                    "loading or running", None)
+            return (
+                "QUARANTINED",
+                f"quarantined: the daemon died {crashes} times while this variant was "
+                "loading or running",
+                None,
+            )
         record = self.store.validation(variant)
         result = ProbeResult.from_json(record) if record else None
         if result is None:
@@ -132,8 +137,12 @@ class Portfolio:
         log.info("validating %s (%s) in a subprocess", variant.file, variant.sha256[:12])
         result = await probe(variant.format, path, variant.options, self.settings.probe_timeout)
         if not result.usable:
-            log.warning("variant %s (%s) refused by validation: %s", variant.id,
-                        variant.sha256[:12], result.reason)
+            log.warning(
+                "variant %s (%s) refused by validation: %s",
+                variant.id,
+                variant.sha256[:12],
+                result.reason,
+            )
         self.store.put_validation(variant, result.to_json())
         return result
 
@@ -165,18 +174,24 @@ class Portfolio:
                 reasons.append(f"{variant.id}: needs {need} bytes, {max(free, 0)} free")
                 continue
             return variant
-        code = ErrorCode.RESOURCE_EXHAUSTED if any("free" in r for r in reasons) else (
-            ErrorCode.FAILED_PRECONDITION)
+        code = (
+            ErrorCode.RESOURCE_EXHAUSTED
+            if any("free" in r for r in reasons)
+            else (ErrorCode.FAILED_PRECONDITION)
+        )
         raise EdgedError(
             f"model {manifest.name} version {manifest.version}: no variant can be loaded ("
-            + "; ".join(reasons) + ")",
+            + "; ".join(reasons)
+            + ")",
             code,
         )
 
     async def ensure_ready(self, slot: Slot) -> Handle:
         handle = slot.handle
-        if handle is not None and slot.manifest is not None and (
-            handle.version == slot.manifest.version
+        if (
+            handle is not None
+            and slot.manifest is not None
+            and (handle.version == slot.manifest.version)
         ):
             return handle
         async with slot.lock:
@@ -196,7 +211,9 @@ class Portfolio:
                 raise
             slot.handle, slot.state, slot.reason = handle, SlotState.READY, ""
         if old is not None:
-            asyncio.ensure_future(self._retire(old))
+            task = asyncio.ensure_future(self._retire(old))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return handle
 
     async def _load(self, manifest: Manifest, variant: Variant) -> Handle:
@@ -219,16 +236,26 @@ class Portfolio:
                 f"model {manifest.name} variant {variant.id} failed to load: {exc}"
             ) from exc
         self.journal.set(key, RESIDENT)
-        log.info("loaded %s version %s variant %s in %.3fs (%d bytes)", manifest.name,
-                 manifest.version, variant.id, stats.seconds, stats.memory_bytes)
+        log.info(
+            "loaded %s version %s variant %s in %.3fs (%d bytes)",
+            manifest.name,
+            manifest.version,
+            variant.id,
+            stats.seconds,
+            stats.memory_bytes,
+        )
         return Handle(manifest, variant, runtime, stats, self.journal, key)
 
     async def _retire(self, handle: Handle) -> None:
         """Drain a handle's leases, then free it."""
         if not await handle.drained(self.settings.drain_seconds):
-            log.warning("%s variant %s still had %d requests after %.0fs; waiting on",
-                        handle.manifest.name, handle.variant.id, handle.inflight,
-                        self.settings.drain_seconds)
+            log.warning(
+                "%s variant %s still had %d requests after %.0fs; waiting on",
+                handle.manifest.name,
+                handle.variant.id,
+                handle.inflight,
+                self.settings.drain_seconds,
+            )
             await handle.drained()
         self.journal.clear(variant_key(handle.variant))
         loop = asyncio.get_running_loop()
@@ -280,8 +307,13 @@ class Portfolio:
         self._load_pool.shutdown(wait=True)
         self.journal.stop_cleanly()
         # A clean stop clears crash suspicion for the variants that ran in this run.
-        self.store.put_crashes({k: v for k, v in self._crashes.items()
-                                if int(v.get("count", 0)) >= self.settings.quarantine_after})
+        self.store.put_crashes(
+            {
+                k: v
+                for k, v in self._crashes.items()
+                if int(v.get("count", 0)) >= self.settings.quarantine_after
+            }
+        )
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000

@@ -39,7 +39,8 @@ class LlamaRuntime:
         )
         self._lock = threading.Lock()
         self.generative = not self._embedding
-        self.inputs = (TensorSpec(TEXT_INPUT, "BYTES", (1,)),)
+        self.inputs: tuple[TensorSpec, ...] = (TensorSpec(TEXT_INPUT, "BYTES", (1,)),)
+        self.outputs: tuple[TensorSpec, ...]
         if self._embedding:
             self.outputs = (TensorSpec(EMBEDDING_OUTPUT, "FP32", (-1,)),)
         else:

@@ -60,12 +60,15 @@ def _describe_exit(returncode: int, stderr: bytes) -> str:
     return f"the runtime could not load or run this file: {detail}"
 
 
-async def probe(
-    fmt: str, path: Path, options: dict[str, Any], timeout: float
-) -> ProbeResult:
+async def probe(fmt: str, path: Path, options: dict[str, Any], timeout: float) -> ProbeResult:
     """Run the probe child and wait for it, at most ``timeout`` seconds."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edged.runtime.probe", fmt, str(path), json.dumps(options),
+        sys.executable,
+        "-m",
+        "edged.runtime.probe",
+        fmt,
+        str(path),
+        json.dumps(options),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -110,8 +110,17 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
 
 
 def _names(kinds: tuple[type, ...]) -> str:
-    return "/".join({str: "string", int: "integer", float: "number", dict: "object",
-                     list: "array", bool: "boolean"}.get(k, k.__name__) for k in kinds)
+    return "/".join(
+        {
+            str: "string",
+            int: "integer",
+            float: "number",
+            dict: "object",
+            list: "array",
+            bool: "boolean",
+        }.get(k, k.__name__)
+        for k in kinds
+    )
 
 
 def _variant(raw: Any, index: int) -> Variant:
@@ -136,8 +145,9 @@ def _variant(raw: Any, index: int) -> Variant:
     latency = None
     if "latency_ms" in raw:
         lat = _get(raw, "latency_ms", dict, where)
-        values = [float(_get(lat, k, (int, float), f"{where}latency_ms.")) for k in
-                  ("p50", "p95", "p99")]
+        values = [
+            float(_get(lat, k, (int, float), f"{where}latency_ms.")) for k in ("p50", "p95", "p99")
+        ]
         latency = LatencyBudget(*values)
     memory = 0
     if "memory_bytes" in raw:
@@ -149,9 +159,7 @@ def _variant(raw: Any, index: int) -> Variant:
         raise ManifestError(f"{where}options: expected an object, got {options!r}")
     for key in ("threads", "n_ctx"):
         if key in options and (
-            isinstance(options[key], bool)
-            or not isinstance(options[key], int)
-            or options[key] <= 0
+            isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] <= 0
         ):
             raise ManifestError(f"{where}options.{key}: expected a positive integer")
     return Variant(

@@ -160,8 +160,12 @@ class ModelStore:
         atomic.fsync_dir(version_dir.parent)
         if activate:
             self.set_active(manifest.name, manifest.version)
-        log.info("imported %s version %s (%d variants)", manifest.name, manifest.version,
-                 len(manifest.variants))
+        log.info(
+            "imported %s version %s (%d variants)",
+            manifest.name,
+            manifest.version,
+            len(manifest.variants),
+        )
         return manifest
 
     def _stage_variant(self, src_root: Path, variant: Variant) -> Path:
