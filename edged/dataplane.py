@@ -18,6 +18,12 @@ _END = object()
 def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
     """Names, datatypes and shapes against the model's signature; errors name the tensor."""
     expected = {s.name for s in specs}
+    for spec in specs:
+        if spec.name not in inputs:
+            got = ", ".join(repr(n) for n in inputs) or "none"
+            raise InvalidInputError(
+                f"missing input tensor {spec.name!r} for model {model!r} (got {got})"
+            )
     for name in inputs:
         if name not in expected:
             raise InvalidInputError(
@@ -25,9 +31,7 @@ def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, A
                 f"{', '.join(sorted(expected))}"
             )
     for spec in specs:
-        array = inputs.get(spec.name)
-        if array is None:
-            raise InvalidInputError(f"missing input tensor {spec.name!r} for model {model!r}")
+        array = inputs[spec.name]
         datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?")
         if datatype != spec.datatype:
             raise InvalidInputError(

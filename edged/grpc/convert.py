@@ -147,22 +147,34 @@ def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[Gene
             )
         max_tokens = value
     if "temperature" in parameters:
+        # Some clients (tritonclient 2.41) cannot send doubles: accept "0.7" as well.
         value = parameter_value(parameters["temperature"])
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (0.0 <= float(value) <= 10.0)
-        ):
+        number = _number(value)
+        if number is None or not 0.0 <= number <= 10.0:
             raise InvalidInputError(
                 f"parameter 'temperature': expected a number in 0..10, got {value!r}"
             )
-        temperature = float(value)
+        temperature = number
     if "stream" in parameters:
         value = parameter_value(parameters["stream"])
         if not isinstance(value, bool):
             raise InvalidInputError(f"parameter 'stream': expected true or false, got {value!r}")
         stream = value
     return GenerationParams(max_tokens=max_tokens, temperature=temperature), stream
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
 
 
 def requested_outputs(request: pb.ModelInferRequest) -> list[str]:

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edged import config
+from edged.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["edged.toml", "demo.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = config.load(ROOT / "configs" / name)
+    assert cfg.server.unix_socket
+    assert cfg.memory.budget.resolve(total_memory=2**30) > 0
+
+
+def test_demo_config_keeps_everything_under_var() -> None:
+    cfg = config.load(ROOT / "configs" / "demo.toml")
+    assert cfg.store.path == ROOT / "var" / "store"
+    assert cfg.server.unix_socket.startswith(str(ROOT / "var"))
+
+
+def test_defaults_are_loopback_only() -> None:
+    cfg = config.from_dict({})
+    assert cfg.server.tcp.startswith("127.0.0.1:")
+    assert cfg.metrics.address.startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    ("text", "total", "expected"),
+    [("70%", 1000, 700), ("512MB", 0, 512_000_000), ("2GiB", 0, 2 * 2**30), (1024, 0, 1024)],
+)
+def test_budget_forms(text: str | int, total: int, expected: int) -> None:
+    assert config.MemoryBudget.parse(text, "memory.budget").resolve(total) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"server": {"tpc": "127.0.0.1:1"}}, "server.tpc"),
+        ({"stor": {"path": "/x"}}, "stor"),
+        ({"server": {"tcp": "localhost"}}, "server.tcp"),
+        ({"server": {"tcp": 8001}}, "server.tcp"),
+        ({"memory": {"budget": "lots"}}, "memory.budget"),
+        ({"memory": {"budget": "150%"}}, "memory.budget"),
+        ({"memory": {"budget": -5}}, "memory.budget"),
+        ({"server": {"max_message_bytes": "0MB"}}, "server.max_message_bytes"),
+        ({"validation": {"timeout_seconds": 0}}, "validation.timeout_seconds"),
+        ({"server": {"workers": True}}, "server.workers"),
+        ({"server": {"unix_socket": "", "tcp": ""}}, "server"),
+        ({"metrics": "yes"}, "metrics"),
+    ],
+)
+def test_bad_config_names_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(data)
+    assert key in str(err.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "e.toml"
+    path.write_text('[store]\npath = "../state"\n[server]\nunix_socket = "s.sock"\n')
+    cfg = config.load(path)
+    assert cfg.store.path == tmp_path / "state"
+    assert cfg.server.unix_socket == str(tmp_path / "conf" / "s.sock")
