@@ -1,0 +1,249 @@
+"""What edged adds on the request path, against the floor of Python gRPC and in-process runs.
+
+In one run, on the same machine, with the same client:
+
+  (a) in-process: ``session.run`` on the same model file with the same options;
+  (b) echo: a bare grpc.aio server in its own process that returns the request bytes
+      (the floor of Python gRPC itself);
+  (c) edged: ModelInfer over the unix socket and over TCP.
+
+The client sends the same serialized ModelInferRequest bytes to (b) and (c) through the same
+grpc channel code and does not parse the reply, so client costs are identical and the difference
+is what the server does: decode, validation, routing, lease, run, encode.
+
+    .venv/bin/python bench/overhead.py [--requests 2000] [--out bench/out/overhead.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edged.api import inference_pb2 as pb  # noqa: E402
+from edged.demo import mlp_model  # noqa: E402
+from edged.store.store import ModelStore  # noqa: E402
+from tests.daemon import DaemonProcess  # noqa: E402
+
+ECHO_METHOD = "/bench.Echo/Echo"
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+# name -> (layer sizes, batch). tiny: ~0.01 ms compute; mid: >= 5 ms compute on one thread.
+MODELS = {
+    "tiny": ((64, 256, 256, 10), 1),
+    "mid": ((512, 2048, 2048, 2048, 512), 16),
+}
+
+
+def echo_server(socket_path: str) -> None:
+    """Run the bare echo server (the floor): a grpc.aio generic handler returning the bytes."""
+    import asyncio
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+        print("ready", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def build_store(work: Path) -> Path:
+    root = work / "store"
+    store = ModelStore(root)
+    for name, (sizes, _) in MODELS.items():
+        src = work / "src" / name
+        src.mkdir(parents=True)
+        mlp_model(src / "model.onnx", sizes)
+        import hashlib
+
+        data = (src / "model.onnx").read_bytes()
+        manifest = {
+            "schema": 1,
+            "name": name,
+            "version": "1",
+            "variants": [
+                {
+                    "id": "fp32",
+                    "format": "onnx",
+                    "file": "model.onnx",
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "quantization": "fp32",
+                    "quality": 1.0,
+                    "options": {"threads": 1},
+                }
+            ],
+        }
+        (src / "manifest.json").write_text(json.dumps(manifest))
+        store.import_dir(src)
+    return root
+
+
+def request_bytes(name: str, x: np.ndarray) -> bytes:
+    request = pb.ModelInferRequest(model_name=name)
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
+def run_load(call: Callable[[], Any], concurrency: int, requests: int) -> dict[str, float]:
+    """``requests`` calls spread over ``concurrency`` threads; latency per call, throughput."""
+    for _ in range(min(50, requests // 10)):
+        call()
+    per_thread = requests // concurrency
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    barrier = threading.Barrier(concurrency + 1)
+
+    def worker(i: int) -> None:
+        out = latencies[i]
+        barrier.wait()
+        for _ in range(per_thread):
+            start = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    flat = sorted(x for lat in latencies for x in lat)
+    return {
+        "p50_ms": statistics.median(flat) * 1e3,
+        "p99_ms": flat[int(len(flat) * 0.99) - 1] * 1e3,
+        "rps": len(flat) / wall,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--mid-requests", type=int, default=300)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.md"))
+    parser.add_argument("--echo-server", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        echo_server(args.echo_server)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="edged-bench-"))
+    root = build_store(work)
+    daemon = DaemonProcess(root, server__workers=4).start()
+    echo_sock = work / "echo.sock"
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--echo-server", str(echo_sock)], stdout=subprocess.PIPE
+    )
+    assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+    channels = {
+        "echo (unix)": grpc.insecure_channel(f"unix:{echo_sock}"),
+        "edged (unix)": grpc.insecure_channel(daemon.unix_url),
+        "edged (tcp)": grpc.insecure_channel(daemon.tcp_url),
+    }
+    rows: list[tuple[str, int, str, dict[str, float]]] = []
+    try:
+        for name, (sizes, batch) in MODELS.items():
+            x = np.random.default_rng(0).standard_normal((batch, sizes[0])).astype(np.float32)
+            body = request_bytes(name, x)
+            n = args.requests if name == "tiny" else args.mid_requests
+            manifest = ModelStore(root).manifest(name, "1")
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(
+                str(ModelStore(root).variant_path(manifest.variants[0])),
+                so,
+                providers=["CPUExecutionProvider"],
+            )
+            calls: dict[str, Callable[[], Any]] = {
+                "in-process": lambda s=session, x=x: s.run(None, {"input": x}),
+            }
+            for label, channel in channels.items():
+                method = ECHO_METHOD if label.startswith("echo") else INFER_METHOD
+                stub = channel.unary_unary(method)
+                calls[label] = lambda c=stub, b=body: c(b, timeout=60)
+            for concurrency in (1, 2):
+                for label, call in calls.items():
+                    rows.append((name, concurrency, label, run_load(call, concurrency, n)))
+                    r = rows[-1][3]
+                    print(
+                        f"{name:5} c={concurrency} {label:13} p50 {r['p50_ms']:7.3f} ms  "
+                        f"p99 {r['p99_ms']:7.3f} ms  {r['rps']:8.1f} req/s",
+                        flush=True,
+                    )
+    finally:
+        for channel in channels.values():
+            channel.close()
+        echo.terminate()
+        echo.wait()
+        daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def get(model: str, c: int, label: str) -> dict[str, float]:
+        return next(r for m, cc, lab, r in rows if m == model and cc == c and lab == label)
+
+    lines = [
+        f"Machine: {os.cpu_count()} cores; {args.requests} tiny / {args.mid_requests} mid "
+        "requests per cell; client and servers in separate processes.",
+        "",
+        "| model | conc | path | p50 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, c, label, r in rows:
+        lines.append(
+            f"| {model} | {c} | {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:.1f} |"
+        )
+    lines += [
+        "",
+        "| model | conc | edged (unix) p50 over echo p50 | edged (tcp) p50 over echo "
+        "p50 | edged (unix) req/s / in-process |",
+        "|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        for c in (1, 2):
+            echo_p50 = get(model, c, "echo (unix)")["p50_ms"]
+            inproc = get(model, c, "in-process")
+            added_unix = (get(model, c, "edged (unix)")["p50_ms"] - echo_p50) * 1e3
+            added_tcp = (get(model, c, "edged (tcp)")["p50_ms"] - echo_p50) * 1e3
+            ratio = get(model, c, "edged (unix)")["rps"] / inproc["rps"]
+            lines.append(
+                f"| {model} | {c} | {added_unix:+.0f} us | {added_tcp:+.0f} us | {ratio:.2f} x |"
+            )
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
