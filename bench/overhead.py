@@ -5,7 +5,10 @@ In one run, on the same machine, with the same client:
   (a) in-process: ``session.run`` on the same model file with the same options;
   (b) echo: a bare grpc.aio server in its own process that returns the request bytes
       (the floor of Python gRPC itself);
-  (c) edged: ModelInfer over the unix socket and over TCP.
+  (c) edged: ModelInfer over the unix socket and over TCP;
+  (d) minimal: the least a Python gRPC model server can do, in its own process: a grpc.aio
+      handler that reads raw float32 bytes, runs ``session.run`` on a worker thread and returns
+      the output bytes (no protocol, no checks) - the floor of edged's architecture.
 
 The client sends the same serialized ModelInferRequest bytes to (b) and (c) through the same
 grpc channel code and does not parse the reply, so client costs are identical and the difference
@@ -63,6 +66,38 @@ def echo_server(socket_path: str) -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
         handler = grpc.method_handlers_generic_handler(
             "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+        print("ready", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def minimal_server(socket_path: str, model_path: str, shape: str) -> None:
+    """Run path (d): run_in_executor(session.run) on raw bytes, nothing else."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    dims = tuple(int(d) for d in shape.split(","))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    pool = ThreadPoolExecutor(4)
+
+    async def run(request: bytes, context: Any) -> bytes:
+        x = np.frombuffer(request, np.float32).reshape(dims)
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(pool, session.run, None, {"input": x})
+        return bytes(out[0].tobytes())
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Minimal", {"Run": grpc.unary_unary_rpc_method_handler(run)}
         )
         server.add_generic_rpc_handlers((handler,))
         server.add_insecure_port(f"unix:{socket_path}")
@@ -169,9 +204,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.md"))
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
+    parser.add_argument("--minimal-server", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         echo_server(args.echo_server)
+        return 0
+    if args.minimal_server:
+        minimal_server(*args.minimal_server)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="edged-bench-"))
@@ -197,8 +236,23 @@ def main() -> int:
             so = ort.SessionOptions()
             so.intra_op_num_threads = 1
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            model_path = str(ModelStore(root).variant_path(manifest.variants[0]))
+            minimal_sock = work / f"minimal-{name}.sock"
+            minimal = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--minimal-server",
+                    str(minimal_sock),
+                    model_path,
+                    ",".join(str(d) for d in x.shape),
+                ],
+                stdout=subprocess.PIPE,
+            )
+            assert minimal.stdout is not None and minimal.stdout.readline().strip() == b"ready"
+            minimal_channel = grpc.insecure_channel(f"unix:{minimal_sock}")
             session = ort.InferenceSession(
-                str(ModelStore(root).variant_path(manifest.variants[0])),
+                model_path,
                 so,
                 providers=["CPUExecutionProvider"],
             )
@@ -209,14 +263,22 @@ def main() -> int:
                 method = ECHO_METHOD if label.startswith("echo") else INFER_METHOD
                 stub = channel.unary_unary(method)
                 calls[label] = lambda c=stub, b=body: c(b, timeout=60)
-            for concurrency in (1, 2):
-                for label, r in measure(calls, concurrency, n, args.rounds).items():
-                    rows.append((name, concurrency, label, r))
-                    print(
-                        f"{name:5} c={concurrency} {label:13} p50 {r['p50_ms']:7.3f} ms  "
-                        f"p99 {r['p99_ms']:7.3f} ms  {r['rps']:8.1f} req/s",
-                        flush=True,
-                    )
+            raw = x.tobytes()
+            minimal_stub = minimal_channel.unary_unary("/bench.Minimal/Run")
+            calls["minimal (unix)"] = lambda c=minimal_stub, b=raw: c(b, timeout=60)
+            try:
+                for concurrency in (1, 2):
+                    for label, r in measure(calls, concurrency, n, args.rounds).items():
+                        rows.append((name, concurrency, label, r))
+                        print(
+                            f"{name:5} c={concurrency} {label:14} p50 {r['p50_ms']:7.3f} ms  "
+                            f"p99 {r['p99_ms']:7.3f} ms  {r['rps']:8.1f} req/s",
+                            flush=True,
+                        )
+            finally:
+                minimal_channel.close()
+                minimal.terminate()
+                minimal.wait()
     finally:
         for channel in channels.values():
             channel.close()
@@ -246,8 +308,9 @@ def main() -> int:
         "model's compute). Added = edged p50 - echo p50 - in-process p50: what edged adds beyond",
         "the gRPC floor and the model's own compute.",
         "",
-        "| model | conc | unix: over echo | unix: added | tcp: added | unix req/s / in-process |",
-        "|---|---|---|---|---|---|",
+        "| model | conc | unix: over echo | unix: added | tcp: added | "
+        "unix req/s / in-process | unix req/s / minimal |",
+        "|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         for c in (1, 2):
@@ -258,9 +321,10 @@ def main() -> int:
             added_unix = (unix["p50_ms"] - echo_p50 - inproc["p50_ms"]) * 1e3
             added_tcp = (tcp["p50_ms"] - echo_p50 - inproc["p50_ms"]) * 1e3
             ratio = unix["rps"] / inproc["rps"]
+            vs_minimal = unix["rps"] / get(model, c, "minimal (unix)")["rps"]
             lines.append(
                 f"| {model} | {c} | {over_echo:+.0f} us | {added_unix:+.0f} us | "
-                f"{added_tcp:+.0f} us | {ratio:.2f} x |"
+                f"{added_tcp:+.0f} us | {ratio:.2f} x | {vs_minimal:.2f} x |"
             )
     text = "\n".join(lines) + "\n"
     print()
