@@ -377,3 +377,10 @@ def test_stream_reports_errors_in_band_and_stays_open(client: Any) -> None:
     result, error = responses.get(timeout=30)
     client.stop_stream()
     assert error is None and result.as_numpy("logits").shape == (1, 10)
+
+
+def test_unix_socket_is_group_accessible_only(module_daemon: DaemonProcess) -> None:
+    import stat
+
+    mode = stat.S_IMODE(module_daemon.socket.stat().st_mode)
+    assert mode == 0o660

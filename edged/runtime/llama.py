@@ -60,8 +60,11 @@ class LlamaRuntime:
         prompt = self._prompt(inputs)
         if self._embedding:
             with self._lock:
-                vector = self._llm.embed(prompt)
-            return {EMBEDDING_OUTPUT: np.asarray(vector, dtype=np.float32).reshape(-1)}
+                vector = np.asarray(self._llm.embed(prompt), dtype=np.float32)
+            # Models without a pooling type give one vector per token: mean-pool them.
+            if vector.ndim == 2:
+                vector = vector.mean(axis=0)
+            return {EMBEDDING_OUTPUT: vector}
         text = "".join(self.generate(prompt, GenerationParams(), lambda: False))
         return {TEXT_OUTPUT: np.array([text.encode()], dtype=object)}
 
