@@ -15,7 +15,8 @@ from typing import Any
 
 import psutil
 
-from edged.errors import ConfigError
+from edged.errors import ConfigError, ManifestError
+from edged.store.manifest import check_name
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -114,6 +115,26 @@ class MetricsConfig:
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
     budget: MemoryBudget = MemoryBudget(share=0.7)
+    reserve: int = 64 * 2**20  # kept free below a cgroup limit (MemoryMax=)
+    available_floor: int = 256 * 2**20  # shrink the budget when available memory drops below
+    psi_threshold: float = 10.0  # PSI "some avg10" (%) above which the budget shrinks
+    load_timeout_seconds: float = 30.0  # how long a request waits for memory
+    tick_seconds: float = 1.0  # how often pressure is re-read
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidencyConfig:
+    """The scoring of docs/residency.md."""
+
+    horizon_seconds: float = 300.0
+    latency_weight: float = 1.0
+    quality_weight: float = 10.0
+    half_life_seconds: float = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    pin: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +153,12 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     memory: MemoryConfig = MemoryConfig()
     validation: ValidationConfig = ValidationConfig()
+    residency: ResidencyConfig = ResidencyConfig()
+    models: tuple[tuple[str, ModelConfig], ...] = ()
     source: Path | None = None
+
+    def pinned(self) -> frozenset[str]:
+        return frozenset(name for name, m in self.models if m.pin)
 
 
 def _take(table: dict[str, Any], key: str, prefix: str, kinds: tuple[type, ...]) -> Any:
@@ -153,6 +179,10 @@ def _positive(value: float, key: str) -> float:
     if value <= 0:
         raise ConfigError(f"{key}: must be positive, got {value!r}")
     return value
+
+
+def _number(table: dict[str, Any], key: str, prefix: str) -> float:
+    return float(_positive(_take(table, key, prefix, (int, float)), f"{prefix}.{key}"))
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -224,14 +254,44 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     _no_leftovers(metrics_t, "metrics")
 
     memory_t = _section(data, "memory")
-    memory = MemoryConfig()
+    m_updates: dict[str, Any] = {}
     if "budget" in memory_t:
-        memory = MemoryConfig(
-            budget=MemoryBudget.parse(
-                _take(memory_t, "budget", "memory", (str, int)), "memory.budget"
-            )
+        m_updates["budget"] = MemoryBudget.parse(
+            _take(memory_t, "budget", "memory", (str, int)), "memory.budget"
         )
+    for key in ("reserve", "available_floor"):
+        if key in memory_t:
+            m_updates[key] = parse_size(_take(memory_t, key, "memory", (str, int)), f"memory.{key}")
+    for key in ("psi_threshold", "load_timeout_seconds", "tick_seconds"):
+        if key in memory_t:
+            m_updates[key] = _number(memory_t, key, "memory")
+    memory = dataclasses.replace(MemoryConfig(), **m_updates)
     _no_leftovers(memory_t, "memory")
+
+    residency_t = _section(data, "residency")
+    residency = dataclasses.replace(
+        ResidencyConfig(),
+        **{
+            key: _number(residency_t, key, "residency")
+            for key in ("horizon_seconds", "latency_weight", "quality_weight", "half_life_seconds")
+            if key in residency_t
+        },
+    )
+    _no_leftovers(residency_t, "residency")
+
+    models_t = _section(data, "models")
+    models = []
+    for name, raw_table in sorted(models_t.items()):
+        try:
+            check_name(name, f"models.{name}")
+        except ManifestError as exc:
+            raise ConfigError(exc.message) from None
+        if not isinstance(raw_table, dict):
+            raise ConfigError(f"models.{name}: expected a table [models.{name}]")
+        table = dict(raw_table)
+        pin = bool(_take(table, "pin", f"models.{name}", (bool,))) if "pin" in table else False
+        _no_leftovers(table, f"models.{name}")
+        models.append((name, ModelConfig(pin=pin)))
 
     validation_t = _section(data, "validation")
     validation = ValidationConfig()
@@ -254,7 +314,15 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     _no_leftovers(validation_t, "validation")
 
     _no_leftovers(data, "")
-    return Config(store=store, server=server, metrics=metrics, memory=memory, validation=validation)
+    return Config(
+        store=store,
+        server=server,
+        metrics=metrics,
+        memory=memory,
+        validation=validation,
+        residency=residency,
+        models=tuple(models),
+    )
 
 
 def load(path: str | Path) -> Config:

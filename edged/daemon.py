@@ -7,12 +7,16 @@ import contextlib
 import logging
 import signal
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
 from edged import systemd
 from edged.config import Config
 from edged.grpc.server import GrpcServer
 from edged.metrics import Metrics
 from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio, PortfolioSettings
+from edged.portfolio.residency import BudgetSettings, ScoringWeights
+from edged.runtime import warm_runtimes
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -30,13 +34,29 @@ class Daemon:
     def _build_portfolio(self) -> Portfolio:
         c = self.config
         settings = PortfolioSettings(
-            budget_bytes=c.memory.budget.resolve(),
+            budget=BudgetSettings(
+                configured=c.memory.budget.resolve(),
+                reserve=c.memory.reserve,
+                available_floor=c.memory.available_floor,
+                psi_threshold=c.memory.psi_threshold,
+            ),
+            weights=ScoringWeights(
+                horizon_seconds=c.residency.horizon_seconds,
+                latency_weight=c.residency.latency_weight,
+                quality_weight=c.residency.quality_weight,
+                half_life_seconds=c.residency.half_life_seconds,
+            ),
             probe_timeout=c.validation.timeout_seconds,
             quarantine_after=c.validation.quarantine_after,
             drain_seconds=c.server.drain_seconds,
             infer_workers=c.server.workers,
+            load_timeout=c.memory.load_timeout_seconds,
+            pinned=c.pinned(),
         )
-        return Portfolio(self.store, CrashJournal(self.store.state / "journal"), settings)
+        warm_runtimes()
+        return Portfolio(
+            self.store, CrashJournal(self.store.state / "journal"), settings, metrics=self.metrics
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -56,7 +76,19 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         watchdog = asyncio.ensure_future(self._watchdog())
+        scheduler = AsyncIOScheduler()
+        # Pressure is re-read about once a second, so the daemon sheds before the OOM killer acts.
+        scheduler.add_job(
+            portfolio.tick,
+            "interval",
+            seconds=self.config.memory.tick_seconds,
+            max_instances=1,
+            coalesce=True,
+            id="residency",
+        )
         try:
+            await portfolio.tick()
+            scheduler.start()
             await portfolio.load_all()
             self.ready[0] = True
             await server.set_serving(True)
@@ -81,6 +113,8 @@ class Daemon:
             self.ready[0] = False
             await server.set_serving(False)
             await server.stop(self.config.server.drain_seconds)
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Summary,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -13,29 +19,59 @@ if TYPE_CHECKING:
     from edged.portfolio.portfolio import Portfolio
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        r = self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "edged_requests",
             "Inference requests by model and outcome",
             ["model", "code"],
-            registry=self.registry,
+            registry=r,
         )
         self.request_seconds = Histogram(
             "edged_request_seconds",
             "Inference latency inside the daemon",
             ["model"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=r,
         )
         self.loads = Counter(
             "edged_loads",
             "Variant loads by model and variant",
             ["model", "variant"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.cold_loads = Counter(
+            "edged_cold_loads", "Loads a request had to wait for, by model", ["model"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "edged_load_seconds",
+            "Time to load and warm up a variant",
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "edged_evictions",
+            "Variants unloaded, by reason (memory, pressure, api, shutdown)",
+            ["reason"],
+            registry=r,
+        )
+        self.downgrades = Counter(
+            "edged_downgrades",
+            "Variants replaced by a smaller one, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.upgrades = Counter(
+            "edged_upgrades", "Downgraded models moved back to a better variant", registry=r
+        )
+        self.quality_served = Summary(
+            "edged_served_quality",
+            "Quality of the variant that served each request (sum / count = mean)",
+            registry=r,
         )
 
     def watch(self, portfolio: Portfolio) -> None:
@@ -53,14 +89,27 @@ class _PortfolioCollector(Collector):
         self._portfolio = portfolio
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        portfolio = self._portfolio
         resident = GaugeMetricFamily(
             "edged_resident_bytes", "Bytes held by resident variants", labels=["model", "variant"]
         )
-        for slot in list(self._portfolio.slots.values()):
+        for slot in list(portfolio.slots.values()):
             handle = slot.handle
             if handle is not None:
-                resident.add_metric([slot.name, handle.variant.id], handle.load_stats.memory_bytes)
+                resident.add_metric([slot.name, handle.variant.id], portfolio.bytes_of(handle))
         yield resident
-        budget = GaugeMetricFamily("edged_budget_bytes", "Memory budget for resident variants")
-        budget.add_metric([], self._portfolio.settings.budget_bytes)
+        reading = portfolio.reading
+        budget = GaugeMetricFamily(
+            "edged_budget_bytes",
+            "Working memory budget for resident variants",
+            labels=["limited_by"],
+        )
+        budget.add_metric([reading.limited_by], reading.bytes)
         yield budget
+        accounted = GaugeMetricFamily("edged_accounted_bytes", "Bytes held by resident variants")
+        accounted.add_metric([], portfolio.accounted())
+        yield accounted
+        if reading.psi_some_avg10 is not None:
+            psi = GaugeMetricFamily("edged_memory_pressure", "Linux PSI memory some avg10 (%)")
+            psi.add_metric([], reading.psi_some_avg10)
+            yield psi

@@ -13,18 +13,34 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.errors import EdgedError, ErrorCode, NotFoundError, UnavailableError
 from edged.portfolio.journal import LOADING, RESIDENT, CrashJournal
+from edged.portfolio.residency import (
+    Action,
+    BudgetReading,
+    BudgetSettings,
+    Option,
+    Resident,
+    ScoringWeights,
+    SystemMemory,
+    candidate_actions,
+    plan,
+    working_budget,
+)
 from edged.portfolio.slot import Handle, Lease, Slot, SlotState
 from edged.runtime import open_runtime
 from edged.runtime.base import LoadStats, Runtime
-from edged.runtime.memory import measure, release_freed_memory
+from edged.runtime.memory import measure, release_freed_memory, rss_bytes
 from edged.runtime.probe import ProbeResult, probe
 from edged.store.manifest import Manifest, Variant
 from edged.store.store import ModelStore
+
+if TYPE_CHECKING:
+    from edged.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +52,51 @@ def variant_key(variant: Variant) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PortfolioSettings:
-    budget_bytes: int
+    budget: BudgetSettings
+    weights: ScoringWeights = dataclasses.field(default_factory=ScoringWeights)
     probe_timeout: float = 120.0
     quarantine_after: int = 2
     drain_seconds: float = 10.0
     infer_workers: int = 4
+    # How long a request waits for memory before RESOURCE_EXHAUSTED.
+    load_timeout: float = 30.0
+    pinned: frozenset[str] = frozenset()
+    # A downgraded model is upgraded back when it expects at least this many requests.
+    upgrade_min_requests: float = 1.0
 
 
 class Portfolio:
-    def __init__(self, store: ModelStore, journal: CrashJournal, settings: PortfolioSettings):
+    def __init__(
+        self,
+        store: ModelStore,
+        journal: CrashJournal,
+        settings: PortfolioSettings,
+        *,
+        system: SystemMemory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.journal = journal
         self.settings = settings
+        self.system = system or SystemMemory()
+        self.clock = clock
+        self.metrics = metrics
         self.slots: dict[str, Slot] = {}
         self.infer_pool = ThreadPoolExecutor(settings.infer_workers, "edged-infer")
         self._load_pool = ThreadPoolExecutor(1, "edged-load")
         self._crashes: dict[str, dict[str, Any]] = {}
+        self._verdicts: dict[str, ProbeResult] = {}
         self._probing: dict[str, asyncio.Future[ProbeResult]] = {}
         self._background: set[asyncio.Future[None]] = set()
+        # Every decision that changes what is resident holds this lock; requests to resident
+        # models never take it.
+        self._memory = asyncio.Lock()
+        self._memory_changed = asyncio.Event()
+        self.reading = BudgetReading(settings.budget.configured, "config", 0, None)
+        self.baseline_rss = rss_bytes()
+        # Measured RSS above the baseline over the sum of per-load measurements (>= 1).
+        self.correction = 1.0
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -76,7 +119,10 @@ class Portfolio:
     def refresh(self) -> None:
         """Re-read the store: new models, new active versions."""
         for name in self.store.models():
-            slot = self.slots.setdefault(name, Slot(name))
+            slot = self.slots.get(name)
+            if slot is None:
+                slot = self.slots[name] = Slot(name, self.settings.weights.half_life_seconds)
+                slot.pinned = name in self.settings.pinned
             active = self.store.active(name)
             if active is None:
                 continue
@@ -112,8 +158,12 @@ class Portfolio:
                 "loading or running",
                 None,
             )
-        record = self.store.validation(variant)
-        result = ProbeResult.from_json(record) if record else None
+        result = self._verdicts.get(variant_key(variant))
+        if result is None:
+            record = self.store.validation(variant)
+            result = ProbeResult.from_json(record) if record else None
+            if result is not None:
+                self._verdicts[variant_key(variant)] = result
         if result is None:
             return ("UNVALIDATED", "", None)
         if not result.usable:
@@ -144,12 +194,21 @@ class Portfolio:
                 result.reason,
             )
         self.store.put_validation(variant, result.to_json())
+        self._verdicts[variant_key(variant)] = result
         return result
 
-    # -- choice, load, unload -------------------------------------------------------------------
+    # -- accounting -----------------------------------------------------------------------------
 
-    def resident_bytes(self) -> int:
-        return sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
+    def accounted(self) -> int:
+        """Bytes the resident variants hold, as measured at load and corrected since."""
+        raw = sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
+        return int(raw * self.correction)
+
+    def free(self) -> int:
+        return self.reading.bytes - self.accounted()
+
+    def bytes_of(self, handle: Handle) -> int:
+        return int(handle.load_stats.memory_bytes * self.correction)
 
     @staticmethod
     def expected_bytes(variant: Variant, result: ProbeResult | None) -> int:
@@ -157,64 +216,285 @@ class Portfolio:
             return result.memory_bytes
         return variant.memory_bytes or variant.size
 
-    async def choose(self, manifest: Manifest, replacing: Handle | None = None) -> Variant:
-        """The best-quality usable variant that fits the memory left (smaller on ties)."""
-        free = self.settings.budget_bytes - self.resident_bytes()
-        if replacing is not None:
-            free += replacing.load_stats.memory_bytes
+    def predicted_requests(self, slot: Slot) -> float:
+        w = self.settings.weights
+        return slot.rate.rate(self.clock()) * w.horizon_seconds
+
+    def _option(self, variant: Variant, result: ProbeResult | None) -> Option:
+        return Option(
+            variant.id,
+            int(self.expected_bytes(variant, result) * self.correction),
+            variant.quality,
+            result.load_seconds if result else 1.0,
+        )
+
+    def _known_options(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
+        """Usable variants whose verdict is already known, best quality first."""
+        out = []
+        for variant in manifest.variants:
+            state, _, result = self.verdict(variant)
+            if state == "USABLE":
+                out.append((variant, self._option(variant, result)))
+        out.sort(key=lambda vo: (-vo[1].quality, vo[1].bytes))
+        return out
+
+    async def _usable_options(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
         reasons = []
-        ranked = sorted(manifest.variants, key=lambda v: (-v.quality, v.size))
-        for variant in ranked:
+        for variant in manifest.variants:
             result = await self.validate(variant)
             if not result.usable:
                 reasons.append(f"{variant.id}: {result.reason}")
-                continue
-            need = self.expected_bytes(variant, result)
-            if need > free:
-                reasons.append(f"{variant.id}: needs {need} bytes, {max(free, 0)} free")
-                continue
-            return variant
-        code = (
-            ErrorCode.RESOURCE_EXHAUSTED
-            if any("free" in r for r in reasons)
-            else (ErrorCode.FAILED_PRECONDITION)
-        )
-        raise EdgedError(
-            f"model {manifest.name} version {manifest.version}: no variant can be loaded ("
-            + "; ".join(reasons)
-            + ")",
-            code,
-        )
+        options = self._known_options(manifest)
+        if not options:
+            raise EdgedError(
+                f"model {manifest.name} version {manifest.version}: no variant can be loaded ("
+                + "; ".join(reasons)
+                + ")",
+                ErrorCode.FAILED_PRECONDITION,
+            )
+        return options
 
-    async def ensure_ready(self, slot: Slot) -> Handle:
-        handle = slot.handle
-        if (
-            handle is not None
-            and slot.manifest is not None
-            and (handle.version == slot.manifest.version)
-        ):
-            return handle
-        async with slot.lock:
-            manifest = slot.manifest
-            if manifest is None:
-                raise NotFoundError(f"model {slot.name!r} has no active version")
-            old = slot.handle
-            if old is not None and old.version == manifest.version:
-                return old
-            slot.state = SlotState.LOADING
-            try:
-                variant = await self.choose(manifest, replacing=old)
-                handle = await self._load(manifest, variant)
-            except EdgedError as exc:
-                slot.state = SlotState.READY if old is not None else SlotState.FAILED
-                slot.reason = exc.message
-                raise
-            slot.handle, slot.state, slot.reason = handle, SlotState.READY, ""
+    def residents(self, exclude: str | None = None) -> list[Resident]:
+        out = []
+        for name, slot in self.slots.items():
+            handle = slot.handle
+            if handle is None or name == exclude:
+                continue
+            current = Option(
+                handle.variant.id,
+                self.bytes_of(handle),
+                handle.variant.quality,
+                handle.load_stats.seconds,
+            )
+            smaller = tuple(
+                option
+                for _, option in self._known_options(handle.manifest)
+                if option.bytes < current.bytes and option.variant != current.variant
+            )
+            out.append(
+                Resident(
+                    name,
+                    current,
+                    smaller,
+                    self.predicted_requests(slot),
+                    pinned=slot.pinned,
+                    busy=handle.inflight > 0,
+                )
+            )
+        return out
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    async def ensure_ready(self, slot: Slot, variant_id: str | None = None) -> Handle:
+        """The slot's handle for its active version, loading it (and making room) if needed.
+
+        Waits up to ``load_timeout`` for memory to free up; then RESOURCE_EXHAUSTED names what
+        could not fit.
+        """
+        deadline = time.monotonic() + self.settings.load_timeout
+        while True:
+            changed = self._memory_changed
+            async with self._memory:
+                handle = slot.handle
+                manifest = slot.manifest
+                if manifest is None:
+                    raise NotFoundError(f"model {slot.name!r} has no active version")
+                if (
+                    handle is not None
+                    and handle.version == manifest.version
+                    and (variant_id is None or handle.variant.id == variant_id)
+                ):
+                    return handle
+                try:
+                    outcome = await self._try_load(slot, manifest, variant_id)
+                except EdgedError as exc:
+                    slot.reason = exc.message
+                    if slot.handle is None:
+                        slot.state = SlotState.FAILED
+                    raise
+                if isinstance(outcome, Handle):
+                    return outcome
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+            if time.monotonic() >= deadline:
+                slot.reason = outcome
+                raise EdgedError(outcome, ErrorCode.RESOURCE_EXHAUSTED)
+
+    async def _try_load(
+        self, slot: Slot, manifest: Manifest, variant_id: str | None
+    ) -> Handle | str:
+        """Load the variant worth the most after what making room for it costs, or say why
+        none can be loaded now. Called with the memory lock held."""
+        options = await self._usable_options(manifest)
+        if variant_id is not None:
+            options = [vo for vo in options if vo[0].id == variant_id]
+            if not options:
+                raise NotFoundError(f"model {manifest.name!r} has no usable variant {variant_id!r}")
+        old = slot.handle
+        free = self.free() + (self.bytes_of(old) if old is not None else 0)
+        n = max(self.predicted_requests(slot), 1.0)
+        w = self.settings.weights
+        residents = self.residents(exclude=slot.name)
+        best: tuple[float, Variant, list[Action]] | None = None
+        reasons = []
+        for variant, option in options:
+            actions = plan(residents, option.bytes - free, w)
+            if actions is None:
+                reasons.append(f"{variant.id} needs {option.bytes} bytes")
+                continue
+            value = n * option.quality * w.quality_weight - sum(a.loss for a in actions)
+            if best is None or value > best[0]:
+                best = (value, variant, actions)
+        if best is None:
+            pinned = sorted(s.name for s in self.slots.values() if s.pinned and s.handle)
+            return (
+                f"model {manifest.name}: no variant fits in memory ("
+                + "; ".join(reasons)
+                + f"; {max(free, 0)} of {self.reading.bytes} budget bytes free"
+                + (f"; pinned: {', '.join(pinned)}" if pinned else "")
+                + ")"
+            )
+        _, variant, actions = best
+        for action in actions:
+            await self._apply(action, "memory")
+        slot.state = SlotState.LOADING
+        try:
+            handle = await self._load(manifest, variant)
+        except EdgedError as exc:
+            slot.state = SlotState.READY if old is not None else SlotState.FAILED
+            slot.reason = exc.message
+            raise
+        slot.handle, slot.state = handle, SlotState.READY
+        slot.reason = f"serving {variant.id} (quality {variant.quality:.3f})" + (
+            f" after {', '.join(f'{a.kind} {a.model}/{a.variant}' for a in actions)}"
+            if actions
+            else ""
+        )
+        log.debug("cold load of %s: %s", slot.name, slot.reason)
+        if self.metrics is not None:
+            self.metrics.cold_loads.labels(slot.name).inc()
         if old is not None:
-            task = asyncio.ensure_future(self._retire(old))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._retire(old))
+        await self._shed_if_over(protect=slot.name)
         return handle
+
+    async def _apply(self, action: Action, why: str) -> None:
+        """Carry out an eviction or a downgrade (memory lock held)."""
+        slot = self.slots[action.model]
+        old = slot.handle
+        if old is None or old.variant.id != action.variant:
+            return
+        log.info(
+            "%s %s/%s (%s; loss %.3f for %d bytes)",
+            action.kind,
+            action.model,
+            action.variant,
+            action.reason,
+            action.loss,
+            action.freed,
+        )
+        if self.metrics is not None:
+            counter = self.metrics.evictions if action.kind == "evict" else self.metrics.downgrades
+            counter.labels(why).inc()
+        if action.kind == "evict":
+            slot.handle, slot.state = None, SlotState.UNLOADED
+            slot.reason = f"evicted ({why}): {action.reason}"
+            await self._retire(old)
+            return
+        assert action.to is not None
+        await self._switch(slot, old.manifest.variant(action.to), f"downgraded ({why})")
+
+    async def _switch(self, slot: Slot, variant: Variant, why: str) -> None:
+        """Serve ``variant`` instead of the current one: load it first when memory allows,
+        else drop the current one first (requests queue for the memory lock meanwhile)."""
+        old = slot.handle
+        assert old is not None
+        _, _, result = self.verdict(variant)
+        need = self._option(variant, result).bytes
+        if need > self.free():
+            slot.handle, slot.state = None, SlotState.LOADING
+            await self._retire(old)
+            old = None
+        handle = await self._load(
+            slot.handle.manifest if slot.handle else self._manifest_of(slot), variant
+        )
+        slot.handle, slot.state = handle, SlotState.READY
+        slot.reason = f"{why}: serving {variant.id} (quality {variant.quality:.3f})"
+        if old is not None:
+            await self._retire(old)
+
+    def _manifest_of(self, slot: Slot) -> Manifest:
+        assert slot.manifest is not None
+        return slot.manifest
+
+    async def _shed_if_over(self, protect: str | None = None, why: str = "memory") -> None:
+        over = self.accounted() - self.reading.bytes
+        if over <= 0:
+            return
+        residents = [r for r in self.residents() if r.model != protect]
+        actions = plan(residents, over, self.settings.weights)
+        if actions is None:  # not enough can leave: free what can, cheapest first
+            actions = []
+            seen: set[str] = set()
+            for action in candidate_actions(residents, self.settings.weights):
+                if action.model not in seen:
+                    seen.add(action.model)
+                    actions.append(action)
+            log.warning("over budget by %d bytes and not enough may leave (pinned or busy)", over)
+        for action in actions:
+            if self.accounted() <= self.reading.bytes:
+                break
+            await self._apply(action, why)
+
+    async def tick(self) -> BudgetReading:
+        """Re-read memory pressure; shed when over budget, upgrade busy models when it eases."""
+        raw = sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
+        observed = rss_bytes() - self.baseline_rss
+        # Correct per-load measurements by what the process really holds, within reason: the
+        # rest of the heap (requests in flight, caches) also lives above the baseline.
+        self.correction = min(max(observed / raw, 1.0), 2.0) if raw > 0 else 1.0
+        self.reading = working_budget(
+            self.settings.budget, self.system, self.accounted(), self.baseline_rss
+        )
+        async with self._memory:
+            if self.accounted() > self.reading.bytes:
+                await self._shed_if_over(why="pressure")
+            else:
+                await self._upgrade_one()
+        self._notify()
+        return self.reading
+
+    async def _upgrade_one(self) -> None:
+        for name, slot in sorted(self.slots.items()):
+            handle = slot.handle
+            if handle is None or handle.inflight > 0:
+                continue
+            options = self._known_options(handle.manifest)
+            if not options or options[0][0].id == handle.variant.id:
+                continue
+            if self.predicted_requests(slot) < self.settings.upgrade_min_requests:
+                continue
+            best, option = options[0]
+            if option.quality <= handle.variant.quality:
+                continue
+            if option.bytes - self.bytes_of(handle) <= self.free():
+                log.info("upgrade %s: %s -> %s", name, handle.variant.id, best.id)
+                if self.metrics is not None:
+                    self.metrics.upgrades.inc()
+                await self._switch(slot, best, "upgraded")
+                return
+
+    def _notify(self) -> None:
+        """Wake requests waiting for memory."""
+        self._memory_changed.set()
+        self._memory_changed = asyncio.Event()
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _load(self, manifest: Manifest, variant: Variant) -> Handle:
         key = variant_key(variant)
@@ -235,7 +515,12 @@ class Portfolio:
             raise UnavailableError(
                 f"model {manifest.name} variant {variant.id} failed to load: {exc}"
             ) from exc
+        if stats.memory_bytes <= 0:  # freed pages of an earlier unload hide the real cost
+            stats.rss_delta_bytes = self.expected_bytes(variant, self.verdict(variant)[2])
         self.journal.set(key, RESIDENT)
+        if self.metrics is not None:
+            self.metrics.loads.labels(manifest.name, variant.id).inc()
+            self.metrics.load_seconds.observe(stats.seconds)
         log.info(
             "loaded %s version %s variant %s in %.3fs (%d bytes)",
             manifest.name,
@@ -260,11 +545,14 @@ class Portfolio:
         self.journal.clear(variant_key(handle.variant))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._load_pool, self._close, handle.runtime)
+        self._notify()
 
     @staticmethod
     def _close(runtime: Runtime) -> None:
         runtime.close()
         release_freed_memory()
+
+    # -- operations -----------------------------------------------------------------------------
 
     def slot(self, name: str) -> Slot:
         slot = self.slots.get(name)
@@ -272,17 +560,23 @@ class Portfolio:
             raise NotFoundError(f"unknown model {name!r}")
         return slot
 
-    async def load(self, name: str) -> Handle:
+    async def load(self, name: str, variant_id: str | None = None) -> Handle:
         self.refresh()
-        return await self.ensure_ready(self.slot(name))
+        return await self.ensure_ready(self.slot(name), variant_id)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, why: str = "api") -> None:
         slot = self.slot(name)
-        async with slot.lock:
+        async with self._memory:
             old, slot.handle = slot.handle, None
             slot.state = SlotState.UNLOADED
-        if old is not None:
-            await self._retire(old)
+            if old is not None:
+                slot.reason = f"evicted ({why})"
+                if self.metrics is not None:
+                    self.metrics.evictions.labels(why).inc()
+                await self._retire(old)
+
+    def pin(self, name: str, pinned: bool) -> None:
+        self.slot(name).pinned = pinned
 
     async def lease(self, name: str, version: str) -> Lease:
         slot = self.slots.get(name)
@@ -293,16 +587,19 @@ class Portfolio:
                 f"model {name!r} version {version!r} is not served "
                 f"(the active version is {slot.manifest.version!r})"
             )
+        slot.rate.observe(self.clock())
         handle = slot.handle
         if handle is None or handle.version != slot.manifest.version:
             handle = await self.ensure_ready(slot)
+        if self.metrics is not None:
+            self.metrics.quality_served.observe(handle.variant.quality)
         return Lease(handle)
 
     async def close(self) -> None:
         for slot in self.slots.values():
             if slot.handle is not None:
                 with contextlib.suppress(Exception):
-                    await self.unload(slot.name)
+                    await self.unload(slot.name, why="shutdown")
         self.infer_pool.shutdown(wait=True)
         self._load_pool.shutdown(wait=True)
         self.journal.stop_cleanly()
@@ -314,6 +611,3 @@ class Portfolio:
                 if int(v.get("count", 0)) >= self.settings.quarantine_after
             }
         )
-
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000

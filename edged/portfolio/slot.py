@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from edged.portfolio.journal import RESIDENT, CrashJournal
+from edged.portfolio.residency import DecayedRate
 from edged.runtime.base import LoadStats, Runtime
 from edged.store.manifest import Manifest, Variant
 
@@ -144,12 +145,17 @@ class Lease:
 @dataclasses.dataclass
 class Slot:
     name: str
+    half_life: dataclasses.InitVar[float] = 600.0
     manifest: Manifest | None = None  # the active version's manifest
     handle: Handle | None = None
     state: SlotState = SlotState.UNLOADED
     reason: str = ""
     stats: Stats = dataclasses.field(default_factory=Stats)
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    pinned: bool = False
+    rate: DecayedRate = dataclasses.field(init=False)
+
+    def __post_init__(self, half_life: float) -> None:
+        self.rate = DecayedRate(half_life)
 
     @property
     def ready(self) -> bool:

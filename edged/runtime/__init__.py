@@ -8,6 +8,28 @@ from typing import Any
 from edged.runtime.base import Runtime
 
 
+def warm_runtimes() -> None:
+    """Initialise the runtimes' process-wide state (onnxruntime's environment, llama.cpp's
+    backend) before any variant loads, so that one-time cost lands in the daemon's baseline
+    instead of the first model's measured memory."""
+    import numpy as np
+    import onnxruntime
+    from llama_cpp import llama_cpp
+
+    session = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones(1, np.float32)})
+    del session
+    llama_cpp.llama_backend_init()
+
+
+# A one-node ONNX model (y = Identity(x), float[1]) that makes onnxruntime set up its environment.
+_IDENTITY_ONNX = (
+    b'\x08\t::\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x04warmZ\x0f\n\x01x\x12\n\n\x08\x08'
+    b"\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n"
+    b"\x00\x10\x11"
+)
+
+
 def open_runtime(fmt: str, path: Path, options: dict[str, Any]) -> Runtime:
     """Load a variant file in this process. Only call this for files that passed the probe."""
     if fmt == "onnx":

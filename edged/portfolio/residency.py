@@ -1,0 +1,253 @@
+"""Residency: how much memory models may hold, and what it costs to take some of it back.
+
+One scoring is used everywhere (docs/residency.md). For a resident variant of model m, with
+n = predicted requests to m within the horizon H:
+
+    evict     loss = n * (t_load * w_latency + q_now * w_quality)
+    downgrade loss = n * (q_now - q_small) * w_quality
+
+An evicted model's next requests wait for a cold load and are not served warm (their quality
+counts as lost); a downgraded model keeps serving, at the smaller variant's quality. Actions are
+taken in order of loss per byte freed. Until forecasters exist, n = decayed request rate * H.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import psutil
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringWeights:
+    horizon_seconds: float = 300.0
+    latency_weight: float = 1.0  # loss per second a request waits for a cold load
+    quality_weight: float = 10.0  # loss per unit of quality lost, per request
+    half_life_seconds: float = 600.0  # of the decayed request rate
+
+
+class DecayedRate:
+    """Requests per second, exponentially decayed: recent requests count most."""
+
+    __slots__ = ("_decay", "_stamp", "_value")
+
+    def __init__(self, half_life: float) -> None:
+        self._decay = math.log(2) / half_life
+        self._value = 0.0  # decayed count
+        self._stamp: float | None = None
+
+    def observe(self, now: float, count: float = 1.0) -> None:
+        self._value = self.count(now) + count
+        self._stamp = now
+
+    def count(self, now: float) -> float:
+        if self._stamp is None:
+            return 0.0
+        return self._value * math.exp(-self._decay * max(now - self._stamp, 0.0))
+
+    def rate(self, now: float) -> float:
+        """Requests per second (the decayed count over its mean age)."""
+        return self.count(now) * self._decay
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A variant a model could be served by."""
+
+    variant: str
+    bytes: int
+    quality: float
+    load_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Resident:
+    """What the planner needs to know about one resident variant."""
+
+    model: str
+    current: Option
+    smaller: tuple[Option, ...]  # usable variants smaller than the current one
+    predicted_requests: float
+    pinned: bool = False
+    busy: bool = False  # requests in flight
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    kind: str  # "evict" | "downgrade"
+    model: str
+    variant: str  # the variant that leaves
+    to: str | None  # downgrade target
+    freed: int
+    loss: float
+    reason: str
+
+    @property
+    def loss_per_byte(self) -> float:
+        return self.loss / max(self.freed, 1)
+
+
+def evict_loss(r: Resident, w: ScoringWeights) -> float:
+    c = r.current
+    return r.predicted_requests * (c.load_seconds * w.latency_weight + c.quality * w.quality_weight)
+
+
+def downgrade_loss(r: Resident, to: Option, w: ScoringWeights) -> float:
+    return r.predicted_requests * max(r.current.quality - to.quality, 0.0) * w.quality_weight
+
+
+def candidate_actions(residents: Iterable[Resident], w: ScoringWeights) -> list[Action]:
+    """Every evict and downgrade allowed now, cheapest loss per byte first."""
+    actions = []
+    for r in residents:
+        if r.pinned or r.busy:
+            continue
+        actions.append(
+            Action(
+                "evict",
+                r.model,
+                r.current.variant,
+                None,
+                r.current.bytes,
+                evict_loss(r, w),
+                f"{r.predicted_requests:.2f} predicted requests",
+            )
+        )
+        for option in r.smaller:
+            freed = r.current.bytes - option.bytes
+            if freed > 0:
+                actions.append(
+                    Action(
+                        "downgrade",
+                        r.model,
+                        r.current.variant,
+                        option.variant,
+                        freed,
+                        downgrade_loss(r, option, w),
+                        f"quality {r.current.quality:.3f} -> {option.quality:.3f}",
+                    )
+                )
+    actions.sort(key=lambda a: (a.loss_per_byte, -a.freed))
+    return actions
+
+
+def plan(residents: Sequence[Resident], need: int, w: ScoringWeights) -> list[Action] | None:
+    """Actions that free at least ``need`` bytes at the least loss per byte, one per model;
+    None when even every allowed action would not free enough."""
+    if need <= 0:
+        return []
+    chosen: list[Action] = []
+    touched: set[str] = set()
+    freed = 0
+    for action in candidate_actions(residents, w):
+        if action.model in touched:
+            continue
+        chosen.append(action)
+        touched.add(action.model)
+        freed += action.freed
+        if freed >= need:
+            return _prefer_downgrade_over_evict(chosen, residents, need, w)
+    return None
+
+
+def _prefer_downgrade_over_evict(
+    chosen: list[Action], residents: Sequence[Resident], need: int, w: ScoringWeights
+) -> list[Action]:
+    """The greedy pass picks by loss per byte; where the last pick overshoots, a cheaper action
+    on the same model that still frees enough is better (a downgrade instead of an eviction)."""
+    freed_before_last = sum(a.freed for a in chosen[:-1])
+    last = chosen[-1]
+    by_model = {r.model: r for r in residents}
+    for alt in candidate_actions([by_model[last.model]], w):
+        if freed_before_last + alt.freed >= need and alt.loss < last.loss:
+            return [*chosen[:-1], alt]
+    return chosen
+
+
+# -- the budget ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetSettings:
+    configured: int  # memory.budget, resolved to bytes
+    reserve: int = 64 * 2**20  # kept free below a cgroup limit
+    available_floor: int = 256 * 2**20  # below this much available memory, shrink
+    psi_threshold: float = 10.0  # "some avg10" percent above which memory is under pressure
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetReading:
+    bytes: int
+    limited_by: str  # "config" | "cgroup" | "available" | "pressure"
+    available: int
+    psi_some_avg10: float | None
+
+
+_PSI = re.compile(r"some avg10=([0-9.]+)")
+
+
+class SystemMemory:
+    """Readers of the machine's memory state; paths injectable for tests."""
+
+    def __init__(
+        self,
+        proc: Path = Path("/proc"),
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
+        available: Callable[[], int] | None = None,
+    ) -> None:
+        self.proc = proc
+        self.cgroup_root = cgroup_root
+        self._available = available or (lambda: int(psutil.virtual_memory().available))
+
+    def available(self) -> int:
+        return self._available()
+
+    def psi_some_avg10(self) -> float | None:
+        try:
+            match = _PSI.search((self.proc / "pressure" / "memory").read_text())
+        except OSError:
+            return None
+        return float(match.group(1)) if match else None
+
+    def cgroup_limit(self) -> int | None:
+        """The lower of memory.max and memory.high of this process's cgroup (v2), if set."""
+        try:
+            lines = (self.proc / "self" / "cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        path = next((ln.split("::", 1)[1] for ln in lines if ln.startswith("0::")), None)
+        if path is None:
+            return None
+        directory = self.cgroup_root / path.lstrip("/")
+        limits = []
+        for name in ("memory.max", "memory.high"):
+            try:
+                text = (directory / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text))
+        return min(limits) if limits else None
+
+
+def working_budget(
+    settings: BudgetSettings, system: SystemMemory, accounted: int, process_baseline: int
+) -> BudgetReading:
+    """The lowest of: the configured budget; the cgroup limit minus the reserve and the daemon's
+    own baseline; and, under live pressure, what is held now minus what must be given back."""
+    candidates = [(settings.configured, "config")]
+    limit = system.cgroup_limit()
+    if limit is not None:
+        candidates.append((limit - settings.reserve - process_baseline, "cgroup"))
+    available = system.available()
+    if available < settings.available_floor:
+        candidates.append((accounted - (settings.available_floor - available), "available"))
+    psi = system.psi_some_avg10()
+    if psi is not None and psi > settings.psi_threshold:
+        candidates.append((int(accounted * 0.9), "pressure"))
+    value, reason = min(candidates, key=lambda c: c[0])
+    return BudgetReading(max(value, 0), reason, available, psi)
