@@ -81,8 +81,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         print(json_format.MessageToJson(response))
         return 0
+    b = response.budget
+    print(
+        f"budget {b.bytes / 2**20:.1f} MiB ({b.limited_by}), "
+        f"resident {b.accounted_bytes / 2**20:.1f} MiB, "
+        f"available {b.available_bytes / 2**20:.0f} MiB"
+    )
     for model in response.models:
-        print(f"{model.name}  active={model.active_version}  {model.state}")
+        pinned = "  pinned" if model.pinned else ""
+        print(
+            f"{model.name}  active={model.active_version}  {model.state}  "
+            f"rate={model.predicted_rate:.3f}/s{pinned}  {model.reason}"
+        )
         for version in model.versions:
             marker = "*" if version.active else " "
             for v in version.variants:
@@ -91,6 +101,34 @@ def cmd_models(args: argparse.Namespace) -> int:
                     f"  {marker}{version.version:<6} {v.id:<8} {v.format:<5} "
                     f"q={v.quality:.3f} {v.state:<12} {resident:<10} {v.reason}"
                 )
+    return 0
+
+
+def cmd_portfolio(args: argparse.Namespace) -> int:
+    """pin / unpin / evict / load: one call on edged.v1.Portfolio."""
+    import grpc
+
+    from edged.api import portfolio_pb2 as pb
+    from edged.api import portfolio_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(_address(args)) as channel:
+        stub = pb_grpc.PortfolioStub(channel)
+        if args.command == "pin":
+            stub.Pin(pb.PinRequest(model=args.model), timeout=args.timeout)
+        elif args.command == "unpin":
+            stub.Unpin(pb.PinRequest(model=args.model), timeout=args.timeout)
+        elif args.command == "evict":
+            stub.Evict(pb.EvictRequest(model=args.model), timeout=args.timeout)
+        else:
+            r = stub.Load(
+                pb.LoadRequest(model=args.model, variant=args.variant or ""), timeout=args.timeout
+            )
+            print(
+                f"{args.model} version {r.version} variant {r.variant} "
+                f"({r.resident_bytes / 2**20:.1f} MiB)"
+            )
+            return 0
+    print(f"{args.command} {args.model}: done")
     return 0
 
 
@@ -194,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_client(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_models)
+
+    for name, text in (
+        ("pin", "never evict or downgrade a model"),
+        ("unpin", "let the residency policy manage a model again"),
+        ("evict", "unload a model now (it loads again on demand)"),
+        ("load", "load a model now, optionally a given variant"),
+    ):
+        p = sub.add_parser(name, help=text)
+        with_client(p)
+        p.add_argument("model")
+        if name == "load":
+            p.add_argument("--variant", help="variant id (default: the policy's choice)")
+        p.set_defaults(fn=cmd_portfolio)
 
     p = sub.add_parser("infer", help="one inference call, for a quick manual check")
     with_client(p)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64ged/api/portfolio.proto\x12\x08\x65\x64ged.v1\"\x13\n\x11ListModelsRequest\"\xb8\x01\n\x07Variant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0cquantization\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x01\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cload_seconds\x18\t \x01(\x01\x12\x0f\n\x07serving\x18\n \x01(\x08\"T\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12#\n\x08variants\x18\x03 \x03(\x0b\x32\x11.edged.v1.Variant\"f\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.edged.v1.ModelVersion\"5\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.edged.v1.Model2V\n\tPortfolio\x12I\n\nListModels\x12\x1b.edged.v1.ListModelsRequest\x1a\x1c.edged.v1.ListModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64ged/api/portfolio.proto\x12\x08\x65\x64ged.v1\"\x13\n\x11ListModelsRequest\"\x1b\n\nPinRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\r\n\x0bPinResponse\"\x1d\n\x0c\x45victRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x0f\n\rEvictResponse\"-\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\"H\n\x0cLoadResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x03 \x01(\x04\"\xb8\x01\n\x07Variant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0cquantization\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x01\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cload_seconds\x18\t \x01(\x01\x12\x0f\n\x07serving\x18\n \x01(\x08\"u\n\x06\x42udget\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\x12\x12\n\nlimited_by\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63\x63ounted_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x04 \x01(\x04\x12\x16\n\x0epsi_some_avg10\x18\x05 \x01(\x01\"T\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12#\n\x08variants\x18\x03 \x03(\x0b\x32\x11.edged.v1.Variant\"\xbc\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.edged.v1.ModelVersion\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x16\n\x0epredicted_rate\x18\x06 \x01(\x01\x12\x1c\n\x14last_use_seconds_ago\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\"W\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.edged.v1.Model\x12 \n\x06\x62udget\x18\x02 \x01(\x0b\x32\x10.edged.v1.Budget2\xb9\x02\n\tPortfolio\x12I\n\nListModels\x12\x1b.edged.v1.ListModelsRequest\x1a\x1c.edged.v1.ListModelsResponse\"\x00\x12\x34\n\x03Pin\x12\x14.edged.v1.PinRequest\x1a\x15.edged.v1.PinResponse\"\x00\x12\x36\n\x05Unpin\x12\x14.edged.v1.PinRequest\x1a\x15.edged.v1.PinResponse\"\x00\x12:\n\x05\x45vict\x12\x16.edged.v1.EvictRequest\x1a\x17.edged.v1.EvictResponse\"\x00\x12\x37\n\x04Load\x12\x15.edged.v1.LoadRequest\x1a\x16.edged.v1.LoadResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTMODELSREQUEST']._serialized_start=39
   _globals['_LISTMODELSREQUEST']._serialized_end=58
-  _globals['_VARIANT']._serialized_start=61
-  _globals['_VARIANT']._serialized_end=245
-  _globals['_MODELVERSION']._serialized_start=247
-  _globals['_MODELVERSION']._serialized_end=331
-  _globals['_MODEL']._serialized_start=333
-  _globals['_MODEL']._serialized_end=435
-  _globals['_LISTMODELSRESPONSE']._serialized_start=437
-  _globals['_LISTMODELSRESPONSE']._serialized_end=490
-  _globals['_PORTFOLIO']._serialized_start=492
-  _globals['_PORTFOLIO']._serialized_end=578
+  _globals['_PINREQUEST']._serialized_start=60
+  _globals['_PINREQUEST']._serialized_end=87
+  _globals['_PINRESPONSE']._serialized_start=89
+  _globals['_PINRESPONSE']._serialized_end=102
+  _globals['_EVICTREQUEST']._serialized_start=104
+  _globals['_EVICTREQUEST']._serialized_end=133
+  _globals['_EVICTRESPONSE']._serialized_start=135
+  _globals['_EVICTRESPONSE']._serialized_end=150
+  _globals['_LOADREQUEST']._serialized_start=152
+  _globals['_LOADREQUEST']._serialized_end=197
+  _globals['_LOADRESPONSE']._serialized_start=199
+  _globals['_LOADRESPONSE']._serialized_end=271
+  _globals['_VARIANT']._serialized_start=274
+  _globals['_VARIANT']._serialized_end=458
+  _globals['_BUDGET']._serialized_start=460
+  _globals['_BUDGET']._serialized_end=577
+  _globals['_MODELVERSION']._serialized_start=579
+  _globals['_MODELVERSION']._serialized_end=663
+  _globals['_MODEL']._serialized_start=666
+  _globals['_MODEL']._serialized_end=854
+  _globals['_LISTMODELSRESPONSE']._serialized_start=856
+  _globals['_LISTMODELSRESPONSE']._serialized_end=943
+  _globals['_PORTFOLIO']._serialized_start=946
+  _globals['_PORTFOLIO']._serialized_end=1259
 # @@protoc_insertion_point(module_scope)

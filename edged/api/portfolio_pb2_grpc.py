@@ -39,6 +39,26 @@ class PortfolioStub:
                 request_serializer=edged_dot_api_dot_portfolio__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=edged_dot_api_dot_portfolio__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Pin = channel.unary_unary(
+                '/edged.v1.Portfolio/Pin',
+                request_serializer=edged_dot_api_dot_portfolio__pb2.PinRequest.SerializeToString,
+                response_deserializer=edged_dot_api_dot_portfolio__pb2.PinResponse.FromString,
+                _registered_method=True)
+        self.Unpin = channel.unary_unary(
+                '/edged.v1.Portfolio/Unpin',
+                request_serializer=edged_dot_api_dot_portfolio__pb2.PinRequest.SerializeToString,
+                response_deserializer=edged_dot_api_dot_portfolio__pb2.PinResponse.FromString,
+                _registered_method=True)
+        self.Evict = channel.unary_unary(
+                '/edged.v1.Portfolio/Evict',
+                request_serializer=edged_dot_api_dot_portfolio__pb2.EvictRequest.SerializeToString,
+                response_deserializer=edged_dot_api_dot_portfolio__pb2.EvictResponse.FromString,
+                _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/edged.v1.Portfolio/Load',
+                request_serializer=edged_dot_api_dot_portfolio__pb2.LoadRequest.SerializeToString,
+                response_deserializer=edged_dot_api_dot_portfolio__pb2.LoadResponse.FromString,
+                _registered_method=True)
 
 
 class PortfolioServicer:
@@ -46,7 +66,34 @@ class PortfolioServicer:
 
     def ListModels(self, request, context):
         """Every model in the store: its versions, the active one, and per variant
-        its state (unvalidated, usable, unusable, quarantined, loading, ready).
+        its state (UNVALIDATED, USABLE, UNUSABLE, QUARANTINED, READY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pin(self, request, context):
+        """A pinned model is never evicted or downgraded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unpin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evict(self, request, context):
+        """Unload a model now (it loads again on its next request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Load(self, request, context):
+        """Load a model's active version; a given variant, or the one the residency policy picks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +106,26 @@ def add_PortfolioServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=edged_dot_api_dot_portfolio__pb2.ListModelsRequest.FromString,
                     response_serializer=edged_dot_api_dot_portfolio__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Pin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pin,
+                    request_deserializer=edged_dot_api_dot_portfolio__pb2.PinRequest.FromString,
+                    response_serializer=edged_dot_api_dot_portfolio__pb2.PinResponse.SerializeToString,
+            ),
+            'Unpin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unpin,
+                    request_deserializer=edged_dot_api_dot_portfolio__pb2.PinRequest.FromString,
+                    response_serializer=edged_dot_api_dot_portfolio__pb2.PinResponse.SerializeToString,
+            ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=edged_dot_api_dot_portfolio__pb2.EvictRequest.FromString,
+                    response_serializer=edged_dot_api_dot_portfolio__pb2.EvictResponse.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=edged_dot_api_dot_portfolio__pb2.LoadRequest.FromString,
+                    response_serializer=edged_dot_api_dot_portfolio__pb2.LoadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +155,114 @@ class Portfolio:
             '/edged.v1.Portfolio/ListModels',
             edged_dot_api_dot_portfolio__pb2.ListModelsRequest.SerializeToString,
             edged_dot_api_dot_portfolio__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Portfolio/Pin',
+            edged_dot_api_dot_portfolio__pb2.PinRequest.SerializeToString,
+            edged_dot_api_dot_portfolio__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unpin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Portfolio/Unpin',
+            edged_dot_api_dot_portfolio__pb2.PinRequest.SerializeToString,
+            edged_dot_api_dot_portfolio__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Portfolio/Evict',
+            edged_dot_api_dot_portfolio__pb2.EvictRequest.SerializeToString,
+            edged_dot_api_dot_portfolio__pb2.EvictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Portfolio/Load',
+            edged_dot_api_dot_portfolio__pb2.LoadRequest.SerializeToString,
+            edged_dot_api_dot_portfolio__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,12 +23,23 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
         portfolio = self.portfolio
         portfolio.refresh()
         response = pb.ListModelsResponse()
+        now = portfolio.clock()
+        reading = portfolio.reading
+        response.budget.bytes = reading.bytes
+        response.budget.limited_by = reading.limited_by
+        response.budget.accounted_bytes = portfolio.accounted()
+        response.budget.available_bytes = reading.available
+        response.budget.psi_some_avg10 = reading.psi_some_avg10 or 0.0
         for name, slot in sorted(portfolio.slots.items()):
             active = slot.manifest.version if slot.manifest else ""
             model = response.models.add(
                 name=name,
                 active_version=active,
                 state="READY" if slot.ready else slot.state.value,
+                pinned=slot.pinned,
+                predicted_rate=slot.rate.rate(now),
+                last_use_seconds_ago=-1.0 if slot.last_use is None else now - slot.last_use,
+                reason=slot.reason,
             )
             handle = slot.handle
             for version in portfolio.store.versions(name):
@@ -50,7 +61,7 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
                         state="READY" if serving else state,
                         reason=reason,
                         serving=serving,
-                        resident_bytes=handle.load_stats.memory_bytes if serving and handle else 0,
+                        resident_bytes=portfolio.bytes_of(handle) if serving and handle else 0,
                         load_seconds=(
                             handle.load_stats.seconds
                             if serving and handle
@@ -60,3 +71,27 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
                         ),
                     )
         return response
+
+    @mapped_errors
+    async def Pin(self, request: pb.PinRequest, context: Context) -> Any:
+        self.portfolio.pin(request.model, True)
+        return pb.PinResponse()
+
+    @mapped_errors
+    async def Unpin(self, request: pb.PinRequest, context: Context) -> Any:
+        self.portfolio.pin(request.model, False)
+        return pb.PinResponse()
+
+    @mapped_errors
+    async def Evict(self, request: pb.EvictRequest, context: Context) -> Any:
+        await self.portfolio.unload(request.model)
+        return pb.EvictResponse()
+
+    @mapped_errors
+    async def Load(self, request: pb.LoadRequest, context: Context) -> Any:
+        handle = await self.portfolio.load(request.model, request.variant or None)
+        return pb.LoadResponse(
+            version=handle.version,
+            variant=handle.variant.id,
+            resident_bytes=self.portfolio.bytes_of(handle),
+        )

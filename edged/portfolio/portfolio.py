@@ -587,7 +587,8 @@ class Portfolio:
                 f"model {name!r} version {version!r} is not served "
                 f"(the active version is {slot.manifest.version!r})"
             )
-        slot.rate.observe(self.clock())
+        slot.last_use = now = self.clock()
+        slot.rate.observe(now)
         handle = slot.handle
         if handle is None or handle.version != slot.manifest.version:
             handle = await self.ensure_ready(slot)

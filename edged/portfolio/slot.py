@@ -152,6 +152,7 @@ class Slot:
     reason: str = ""
     stats: Stats = dataclasses.field(default_factory=Stats)
     pinned: bool = False
+    last_use: float | None = None  # portfolio clock
     rate: DecayedRate = dataclasses.field(init=False)
 
     def __post_init__(self, half_life: float) -> None:
