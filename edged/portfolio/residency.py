@@ -136,36 +136,48 @@ def candidate_actions(residents: Iterable[Resident], w: ScoringWeights) -> list[
 
 
 def plan(residents: Sequence[Resident], need: int, w: ScoringWeights) -> list[Action] | None:
-    """Actions that free at least ``need`` bytes at the least loss per byte, one per model;
-    None when even every allowed action would not free enough."""
+    """Actions (at most one per model) that free at least ``need`` bytes at a low total loss;
+    None when even every allowed action would not free enough.
+
+    Greedy by loss per byte, where a later, larger action on a model replaces its earlier one;
+    then actions that are not needed are dropped and each remaining one is swapped for the
+    cheapest action on its model that still frees enough.
+    """
     if need <= 0:
         return []
-    chosen: list[Action] = []
-    touched: set[str] = set()
+    candidates = candidate_actions(residents, w)
+    chosen: dict[str, Action] = {}
     freed = 0
-    for action in candidate_actions(residents, w):
-        if action.model in touched:
-            continue
-        chosen.append(action)
-        touched.add(action.model)
+    for action in candidates:
+        previous = chosen.get(action.model)
+        if previous is not None:
+            if action.freed <= previous.freed:
+                continue
+            freed -= previous.freed
+        chosen[action.model] = action
         freed += action.freed
         if freed >= need:
-            return _prefer_downgrade_over_evict(chosen, residents, need, w)
+            return _trim(chosen, candidates, need)
     return None
 
 
-def _prefer_downgrade_over_evict(
-    chosen: list[Action], residents: Sequence[Resident], need: int, w: ScoringWeights
-) -> list[Action]:
-    """The greedy pass picks by loss per byte; where the last pick overshoots, a cheaper action
-    on the same model that still frees enough is better (a downgrade instead of an eviction)."""
-    freed_before_last = sum(a.freed for a in chosen[:-1])
-    last = chosen[-1]
-    by_model = {r.model: r for r in residents}
-    for alt in candidate_actions([by_model[last.model]], w):
-        if freed_before_last + alt.freed >= need and alt.loss < last.loss:
-            return [*chosen[:-1], alt]
-    return chosen
+def _trim(chosen: dict[str, Action], candidates: list[Action], need: int) -> list[Action]:
+    freed = sum(a.freed for a in chosen.values())
+    for action in sorted(chosen.values(), key=lambda a: -a.loss):
+        if freed - action.freed >= need:
+            del chosen[action.model]
+            freed -= action.freed
+    for model in list(chosen):
+        for alternative in candidates:
+            current = chosen[model]
+            if (
+                alternative.model == model
+                and alternative.loss < current.loss
+                and freed - current.freed + alternative.freed >= need
+            ):
+                freed += alternative.freed - current.freed
+                chosen[model] = alternative
+    return sorted(chosen.values(), key=lambda a: a.loss_per_byte)
 
 
 # -- the budget ---------------------------------------------------------------------------------
