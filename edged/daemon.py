@@ -20,6 +20,8 @@ from edged.runtime import warm_runtimes
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
+# APScheduler logs every run of every job at INFO: once a second here.
+logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 class Daemon:

@@ -139,7 +139,8 @@ class Portfolio:
             if slot.manifest is None:
                 continue
             try:
-                await self.ensure_ready(slot)
+                # With no history yet, loading one model is not worth evicting another.
+                await self.ensure_ready(slot, wait=False, evict=False)
             except EdgedError as exc:
                 log.warning("model %s not loaded at start: %s", name, exc.message)
 
@@ -285,13 +286,20 @@ class Portfolio:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    async def ensure_ready(self, slot: Slot, variant_id: str | None = None) -> Handle:
+    async def ensure_ready(
+        self,
+        slot: Slot,
+        variant_id: str | None = None,
+        *,
+        wait: bool = True,
+        evict: bool = True,
+    ) -> Handle:
         """The slot's handle for its active version, loading it (and making room) if needed.
 
         Waits up to ``load_timeout`` for memory to free up; then RESOURCE_EXHAUSTED names what
         could not fit.
         """
-        deadline = time.monotonic() + self.settings.load_timeout
+        deadline = time.monotonic() + (self.settings.load_timeout if wait else 0.0)
         while True:
             changed = self._memory_changed
             async with self._memory:
@@ -306,7 +314,7 @@ class Portfolio:
                 ):
                     return handle
                 try:
-                    outcome = await self._try_load(slot, manifest, variant_id)
+                    outcome = await self._try_load(slot, manifest, variant_id, evict)
                 except EdgedError as exc:
                     slot.reason = exc.message
                     if slot.handle is None:
@@ -323,7 +331,7 @@ class Portfolio:
                 raise EdgedError(outcome, ErrorCode.RESOURCE_EXHAUSTED)
 
     async def _try_load(
-        self, slot: Slot, manifest: Manifest, variant_id: str | None
+        self, slot: Slot, manifest: Manifest, variant_id: str | None, evict: bool = True
     ) -> Handle | str:
         """Load the variant worth the most after what making room for it costs, or say why
         none can be loaded now. Called with the memory lock held."""
@@ -336,7 +344,7 @@ class Portfolio:
         free = self.free() + (self.bytes_of(old) if old is not None else 0)
         n = max(self.predicted_requests(slot), 1.0)
         w = self.settings.weights
-        residents = self.residents(exclude=slot.name)
+        residents = self.residents(exclude=slot.name) if evict else []
         best: tuple[float, Variant, list[Action]] | None = None
         reasons = []
         for variant, option in options:

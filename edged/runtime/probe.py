@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: memory measured after the runtimes are initialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +92,10 @@ async def probe(fmt: str, path: Path, options: dict[str, Any], timeout: float) -
 
 
 def _child(fmt: str, path: Path, options: dict[str, Any]) -> ProbeResult:
-    from edged.runtime import open_runtime
+    from edged.runtime import open_runtime, warm_runtimes
     from edged.runtime.memory import measure
 
+    warm_runtimes()  # as in the daemon: one-time runtime set-up is not the variant's memory
     start = time.perf_counter()
     with measure(path) as stats:
         runtime = open_runtime(fmt, path, options)

@@ -1,0 +1,88 @@
+"""The real daemon under a memory budget smaller than its portfolio."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton
+
+from edged.store.store import ModelStore
+from tests.daemon import DaemonProcess
+from tests.portfolios import mlp_family
+
+pytestmark = pytest.mark.e2e
+
+MB = 10**6
+BUDGET = 30 * MB
+# RSS is sampled every 10 ms; loads briefly hold file bytes and graph copies, and glibc keeps
+# some freed pages. The bound allows this much above the budget.
+SLACK = 6 * MB
+
+
+class PeakRss:
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_budget_smaller_than_the_portfolio(tmp_path: Path) -> None:
+    empty = DaemonProcess(tmp_path / "empty").start()
+    assert empty.proc is not None
+    time.sleep(0.5)
+    baseline = psutil.Process(empty.proc.pid).memory_info().rss
+    empty.stop()
+
+    store = ModelStore(tmp_path / "store")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        store.import_dir(mlp_family(src, f"m{i}", (512, 1024, 1024, 512), seed=i))
+    fp32_total = sum(store.manifest(f"m{i}", "1").variant("fp32").size for i in range(4))
+    assert fp32_total > BUDGET  # 4 x 8.4 MB of weights alone
+
+    daemon = DaemonProcess(tmp_path / "store", memory__budget=str(BUDGET)).start()
+    assert daemon.proc is not None
+    failures, served = 0, []
+    try:
+        client = triton.InferenceServerClient(url=daemon.unix_url)
+        with PeakRss(daemon.proc.pid) as rss:
+            for _ in range(8):
+                for i in range(4):
+                    x = triton.InferInput("input", [1, 512], "FP32")
+                    x.set_data_from_numpy(np.ones((1, 512), np.float32))
+                    try:
+                        result = client.infer(f"m{i}", [x])
+                    except Exception:
+                        failures += 1
+                        continue
+                    served.append(result.get_response().parameters["edged_variant"].string_param)
+        client.close()
+        models = daemon.edged("models").stdout
+    finally:
+        daemon.stop()
+    assert failures == 0
+    assert len(served) == 32
+    assert rss.peak - baseline <= BUDGET + SLACK, (rss.peak - baseline, models)
+    # Under this budget the policy downgrades rather than thrashing fp32 variants in and out.
+    assert served[-4:] == ["int8"] * 4, models
+    assert "evict" in daemon.logs() or "downgrade" in daemon.logs()
