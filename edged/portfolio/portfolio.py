@@ -202,8 +202,7 @@ class Portfolio:
 
     def accounted(self) -> int:
         """Bytes the resident variants hold, as measured at load and corrected since."""
-        raw = sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
-        return int(raw * self.correction)
+        return sum(self.bytes_of(s.handle) for s in self.slots.values() if s.handle)
 
     def free(self) -> int:
         return self.reading.bytes - self.accounted()

@@ -259,7 +259,8 @@ def working_budget(
     if available < settings.available_floor:
         candidates.append((accounted - (settings.available_floor - available), "available"))
     psi = system.psi_some_avg10()
-    if psi is not None and psi > settings.psi_threshold:
+    # Pressure asks for some of what edged holds back; holding nothing, it has nothing to give.
+    if psi is not None and psi > settings.psi_threshold and accounted > 0:
         candidates.append((int(accounted * 0.9), "pressure"))
     value, reason = min(candidates, key=lambda c: c[0])
     return BudgetReading(max(value, 0), reason, available, psi)
