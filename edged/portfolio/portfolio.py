@@ -28,7 +28,9 @@ from edged.portfolio.residency import (
     ScoringWeights,
     SystemMemory,
     candidate_actions,
+    choose_load,
     plan,
+    upgrade_target,
     working_budget,
 )
 from edged.portfolio.slot import Handle, Lease, Slot, SlotState
@@ -341,29 +343,25 @@ class Portfolio:
                 raise NotFoundError(f"model {manifest.name!r} has no usable variant {variant_id!r}")
         old = slot.handle
         free = self.free() + (self.bytes_of(old) if old is not None else 0)
-        n = max(self.predicted_requests(slot), 1.0)
-        w = self.settings.weights
         residents = self.residents(exclude=slot.name) if evict else []
-        best: tuple[float, Variant, list[Action]] | None = None
-        reasons = []
-        for variant, option in options:
-            actions = plan(residents, option.bytes - free, w)
-            if actions is None:
-                reasons.append(f"{variant.id} needs {option.bytes} bytes")
-                continue
-            value = n * option.quality * w.quality_weight - sum(a.loss for a in actions)
-            if best is None or value > best[0]:
-                best = (value, variant, actions)
-        if best is None:
+        choice = choose_load(
+            [o for _, o in options],
+            free,
+            residents,
+            self.predicted_requests(slot),
+            self.settings.weights,
+        )
+        if isinstance(choice, list):
             pinned = sorted(s.name for s in self.slots.values() if s.pinned and s.handle)
             return (
                 f"model {manifest.name}: no variant fits in memory ("
-                + "; ".join(reasons)
+                + "; ".join(choice)
                 + f"; {max(free, 0)} of {self.reading.bytes} budget bytes free"
                 + (f"; pinned: {', '.join(pinned)}" if pinned else "")
                 + ")"
             )
-        _, variant, actions = best
+        option, actions = choice
+        variant = next(v for v, o in options if o is option)
         for action in actions:
             await self._apply(action, "memory")
         slot.state = SlotState.LOADING
@@ -479,18 +477,21 @@ class Portfolio:
             if handle is None or handle.inflight > 0:
                 continue
             options = self._known_options(handle.manifest)
-            if not options or options[0][0].id == handle.variant.id:
+            current = next((o for v, o in options if v.id == handle.variant.id), None)
+            if current is None:
                 continue
-            if self.predicted_requests(slot) < self.settings.upgrade_min_requests:
-                continue
-            best, option = options[0]
-            if option.quality <= handle.variant.quality:
-                continue
-            if option.bytes - self.bytes_of(handle) <= self.free():
-                log.info("upgrade %s: %s -> %s", name, handle.variant.id, best.id)
+            target = upgrade_target(
+                dataclasses.replace(current, bytes=self.bytes_of(handle)),
+                [o for _, o in options],
+                self.free(),
+                self.predicted_requests(slot),
+                self.settings.upgrade_min_requests,
+            )
+            if target is not None:
+                log.info("upgrade %s: %s -> %s", name, handle.variant.id, target.variant)
                 if self.metrics is not None:
                     self.metrics.upgrades.inc()
-                await self._switch(slot, best, "upgraded")
+                await self._switch(slot, handle.manifest.variant(target.variant), "upgraded")
                 return
 
     def _notify(self) -> None:

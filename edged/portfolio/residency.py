@@ -180,6 +180,52 @@ def _trim(chosen: dict[str, Action], candidates: list[Action], need: int) -> lis
     return sorted(chosen.values(), key=lambda a: a.loss_per_byte)
 
 
+def choose_load(
+    options: Sequence[Option],
+    free: int,
+    residents: Sequence[Resident],
+    predicted_requests: float,
+    w: ScoringWeights,
+) -> tuple[Option, list[Action]] | list[str]:
+    """Which variant a cold load should bring in, and what must leave for it.
+
+    The variant worth the most after what making room costs: value = n * quality * w_quality
+    (n >= 1: a request is waiting) minus the loss of the evictions and downgrades it needs. So
+    the best-quality variant that fits wins unless fitting it would evict something worth more.
+    Returns the reasons, one per option, when nothing can be made to fit.
+    """
+    n = max(predicted_requests, 1.0)
+    best: tuple[float, Option, list[Action]] | None = None
+    reasons = []
+    for option in options:
+        actions = plan(residents, option.bytes - free, w)
+        if actions is None:
+            reasons.append(f"{option.variant} needs {option.bytes} bytes")
+            continue
+        value = n * option.quality * w.quality_weight - sum(a.loss for a in actions)
+        if best is None or value > best[0]:
+            best = (value, option, actions)
+    if best is None:
+        return reasons
+    return best[1], best[2]
+
+
+def upgrade_target(
+    current: Option,
+    options: Sequence[Option],
+    free: int,
+    predicted_requests: float,
+    min_requests: float,
+) -> Option | None:
+    """A better variant for a busy model that fits in the free memory without evicting."""
+    if predicted_requests < min_requests or not options:
+        return None
+    best = max(options, key=lambda o: (o.quality, -o.bytes))
+    if best.quality <= current.quality or best.variant == current.variant:
+        return None
+    return best if best.bytes - current.bytes <= free else None
+
+
 # -- the budget ---------------------------------------------------------------------------------
 
 
