@@ -76,3 +76,35 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = config.load(path)
     assert cfg.store.path == tmp_path / "state"
     assert cfg.server.unix_socket == str(tmp_path / "conf" / "s.sock")
+
+
+def test_residency_keys_and_pins() -> None:
+    cfg = config.from_dict(
+        {
+            "memory": {"reserve": "32MiB", "psi_threshold": 20, "load_timeout_seconds": 5},
+            "residency": {"horizon_seconds": 60, "quality_weight": 3.5},
+            "models": {"ocr-rec": {"pin": True}, "mlp": {"pin": False}},
+        }
+    )
+    assert cfg.memory.reserve == 32 * 2**20
+    assert cfg.memory.psi_threshold == 20.0
+    assert cfg.residency.horizon_seconds == 60.0
+    assert cfg.residency.quality_weight == 3.5
+    assert cfg.pinned() == frozenset({"ocr-rec"})
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"models": {"Bad Name": {"pin": True}}}, "models.Bad Name"),
+        ({"models": {"mlp": {"pin": "yes"}}}, "models.mlp.pin"),
+        ({"models": {"mlp": {"pinned": True}}}, "models.mlp.pinned"),
+        ({"residency": {"horizon_seconds": -1}}, "residency.horizon_seconds"),
+        ({"residency": {"horizon": 1}}, "residency.horizon"),
+        ({"memory": {"reserve": "lots"}}, "memory.reserve"),
+    ],
+)
+def test_bad_residency_config_names_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(data)
+    assert key in str(err.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from edged.store.store import ModelStore
-from tests.daemon import DaemonProcess
+from tests.daemon import DaemonProcess, free_port
 from tests.portfolios import mlp_family
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +61,10 @@ def test_budget_smaller_than_the_portfolio(tmp_path: Path) -> None:
     fp32_total = sum(store.manifest(f"m{i}", "1").variant("fp32").size for i in range(4))
     assert fp32_total > BUDGET  # 4 x 8.4 MB of weights alone
 
-    daemon = DaemonProcess(tmp_path / "store", memory__budget=str(BUDGET)).start()
+    metrics_port = free_port()
+    daemon = DaemonProcess(
+        tmp_path / "store", memory__budget=str(BUDGET), metrics__address=f"127.0.0.1:{metrics_port}"
+    ).start()
     assert daemon.proc is not None
     failures, served = 0, []
     try:
@@ -78,6 +82,13 @@ def test_budget_smaller_than_the_portfolio(tmp_path: Path) -> None:
                     served.append(result.get_response().parameters["edged_variant"].string_param)
         client.close()
         models = daemon.edged("models").stdout
+        metrics = scrape(metrics_port)
+        # Unloading gives memory back to the system (arena settings, malloc_trim).
+        held = rss_now(daemon.proc.pid)
+        for i in range(4):
+            assert daemon.edged("evict", f"m{i}").returncode == 0
+        time.sleep(0.3)
+        released = rss_now(daemon.proc.pid)
     finally:
         daemon.stop()
     assert failures == 0
@@ -86,3 +97,32 @@ def test_budget_smaller_than_the_portfolio(tmp_path: Path) -> None:
     # Under this budget the policy downgrades rather than thrashing fp32 variants in and out.
     assert served[-4:] == ["int8"] * 4, models
     assert "evict" in daemon.logs() or "downgrade" in daemon.logs()
+
+    assert metrics['edged_budget_bytes{limited_by="config"}'] == BUDGET
+    assert metrics["edged_served_quality_count"] == 32
+    assert 0.9 < metrics["edged_served_quality_sum"] / 32 <= 1.0
+    assert sum(v for k, v in metrics.items() if k.startswith("edged_cold_loads_total")) >= 4
+    shed = sum(
+        v
+        for k, v in metrics.items()
+        if k.startswith(("edged_evictions_total", "edged_downgrades_total"))
+    )
+    assert shed >= 1
+    assert any(k.startswith("edged_resident_bytes{") for k in metrics)
+    assert metrics["edged_load_seconds_count"] >= 4
+    assert held - released >= 0.5 * metrics["edged_accounted_bytes"], (held, released)
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def rss_now(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
