@@ -47,6 +47,7 @@ from tests.daemon import DaemonProcess  # noqa: E402
 
 ECHO_METHOD = "/bench.Echo/Echo"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+MINIMAL_METHOD = "/bench.Minimal/Run"
 
 # name -> (layer sizes, batch). tiny: ~0.01 ms compute; mid: >= 5 ms compute on one thread.
 MODELS = {
@@ -55,19 +56,17 @@ MODELS = {
 }
 
 
-def echo_server(socket_path: str) -> None:
-    """Run the bare echo server (the floor): a grpc.aio generic handler returning the bytes."""
+def serve_bytes(socket_path: str, method: str, handler: Any) -> None:
+    """A bare grpc.aio server with one unary bytes -> bytes method, until killed."""
     import asyncio
-
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
 
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-        handler = grpc.method_handlers_generic_handler(
-            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        service, _, name = method.strip("/").partition("/")
+        generic = grpc.method_handlers_generic_handler(
+            service, {name: grpc.unary_unary_rpc_method_handler(handler)}
         )
-        server.add_generic_rpc_handlers((handler,))
+        server.add_generic_rpc_handlers((generic,))
         server.add_insecure_port(f"unix:{socket_path}")
         await server.start()
         print("ready", flush=True)
@@ -76,8 +75,17 @@ def echo_server(socket_path: str) -> None:
     asyncio.run(main())
 
 
+def echo_server(socket_path: str) -> None:
+    """Path (b), the floor: return the request bytes."""
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    serve_bytes(socket_path, ECHO_METHOD, echo)
+
+
 def minimal_server(socket_path: str, model_path: str, shape: str) -> None:
-    """Run path (d): run_in_executor(session.run) on raw bytes, nothing else."""
+    """Path (d): run_in_executor(session.run) on raw bytes, nothing else."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -94,18 +102,7 @@ def minimal_server(socket_path: str, model_path: str, shape: str) -> None:
         out = await loop.run_in_executor(pool, session.run, None, {"input": x})
         return bytes(out[0].tobytes())
 
-    async def main() -> None:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-        handler = grpc.method_handlers_generic_handler(
-            "bench.Minimal", {"Run": grpc.unary_unary_rpc_method_handler(run)}
-        )
-        server.add_generic_rpc_handlers((handler,))
-        server.add_insecure_port(f"unix:{socket_path}")
-        await server.start()
-        print("ready", flush=True)
-        await server.wait_for_termination()
-
-    asyncio.run(main())
+    serve_bytes(socket_path, MINIMAL_METHOD, run)
 
 
 def build_store(work: Path) -> Path:
@@ -264,7 +261,7 @@ def main() -> int:
                 stub = channel.unary_unary(method)
                 calls[label] = lambda c=stub, b=body: c(b, timeout=60)
             raw = x.tobytes()
-            minimal_stub = minimal_channel.unary_unary("/bench.Minimal/Run")
+            minimal_stub = minimal_channel.unary_unary(MINIMAL_METHOD)
             calls["minimal (unix)"] = lambda c=minimal_stub, b=raw: c(b, timeout=60)
             try:
                 for concurrency in (1, 2):
