@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from edged.portfolio.portfolio import variant_key
-    from edged.runtime.probe import probe
+    from edged.runtime.probe import probe_and_record, stored_result
     from edged.store.store import ModelStore
 
     cfg = _config(args)
@@ -52,18 +52,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.no_validate:
         return 0
     for variant in manifest.variants:
-        if store.validation(variant) is None:
-            result = asyncio.run(
-                probe(
-                    variant.format,
-                    store.variant_path(variant),
-                    variant.options,
-                    cfg.validation.timeout_seconds,
-                )
-            )
-            store.put_validation(variant, result.to_json())
-        record = store.validation(variant) or {}
-        verdict = "usable" if record.get("usable") else f"UNUSABLE: {record.get('reason')}"
+        result = stored_result(store, variant) or asyncio.run(
+            probe_and_record(store, variant, cfg.validation.timeout_seconds)
+        )
+        verdict = "usable" if result.usable else f"UNUSABLE: {result.reason}"
         print(f"  {variant.id:<8} {variant_key(variant)[:12]}  {verdict}")
     return 0
 

@@ -10,7 +10,13 @@ from typing import Any
 from edged.errors import InvalidInputError
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.slot import Handle
-from edged.runtime.base import NUMPY_TO_DATATYPE, Array, GenerationParams, TensorSpec
+from edged.runtime.base import (
+    NUMPY_TO_DATATYPE,
+    Array,
+    GenerationParams,
+    TensorSpec,
+    prompt_text,
+)
 
 _END = object()
 
@@ -122,17 +128,8 @@ class DataPlane:
     ) -> AsyncIterator[str]:
         """Run generation on a worker thread, handing chunks to the loop as they come."""
         runtime = handle.runtime
-        prompt_array = next(iter(inputs.values())).reshape(-1)
-        if prompt_array.size != 1:
-            raise InvalidInputError(
-                f"input tensor {runtime.inputs[0].name!r}: expected one prompt string, "
-                f"got {prompt_array.size}"
-            )
-        raw = prompt_array[0]
-        try:
-            prompt = raw.decode() if isinstance(raw, bytes) else str(raw)
-        except UnicodeDecodeError:
-            raise InvalidInputError(f"input tensor {runtime.inputs[0].name!r}: not UTF-8") from None
+        name = runtime.inputs[0].name
+        prompt = prompt_text(inputs[name], name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

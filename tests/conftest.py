@@ -20,14 +20,18 @@ def demo_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def demo_store(tmp_path: Path, demo_src: Path) -> Path:
-    """A fresh store holding the demo portfolio."""
-    root = tmp_path / "store"
+def import_demo(root: Path, demo_src: Path) -> Path:
+    """A store at ``root`` holding the demo portfolio."""
     store = ModelStore(root)
     for model_dir in sorted(demo_src.iterdir()):
         store.import_dir(model_dir)
     return root
+
+
+@pytest.fixture
+def demo_store(tmp_path: Path, demo_src: Path) -> Path:
+    """A fresh store holding the demo portfolio."""
+    return import_demo(tmp_path / "store", demo_src)
 
 
 @pytest.fixture
@@ -51,10 +55,7 @@ def module_daemon(
     tmp_path_factory: pytest.TempPathFactory, demo_src: Path
 ) -> Iterator[DaemonProcess]:
     """One daemon on the demo portfolio shared by a module's read-mostly tests."""
-    root = tmp_path_factory.mktemp("daemon") / "store"
-    store = ModelStore(root)
-    for model_dir in sorted(demo_src.iterdir()):
-        store.import_dir(model_dir)
+    root = import_demo(tmp_path_factory.mktemp("daemon") / "store", demo_src)
     daemon = DaemonProcess(root, server__max_message_bytes="1MiB").start()
     yield daemon
     daemon.stop()

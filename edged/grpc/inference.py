@@ -18,7 +18,6 @@ from edged.grpc import convert
 from edged.grpc.status import mapped_errors
 from edged.metrics import Metrics
 from edged.portfolio.portfolio import Portfolio
-from edged.portfolio.slot import SlotState
 from edged.runtime.base import TensorSpec
 from edged.runtime.probe import ProbeResult
 from edged.store.store import version_key
@@ -180,37 +179,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request.model_name, request.model_version, inputs, params
         )
         output = handle.runtime.outputs[0].name
+
+        def text(chunk: str, final: bool) -> Any:
+            response = convert.text_response(
+                request, handle.version, handle.variant.id, chunk, output
+            )
+            return _stream_response(response, final)
+
         pending: str | None = None
         # Hold one chunk back so the last one can carry the final flag.
         async for chunk in chunks:
             if pending is not None:
-                yield _stream_response(
-                    convert.text_response(
-                        request, handle.version, handle.variant.id, pending, output
-                    ),
-                    final=False,
-                )
+                yield text(pending, final=False)
             pending = chunk
-        if empty_final:
-            if pending is not None:
-                yield _stream_response(
-                    convert.text_response(
-                        request, handle.version, handle.variant.id, pending, output
-                    ),
-                    final=False,
-                )
-            empty = pb.ModelInferResponse(
-                model_name=request.model_name, model_version=handle.version, id=request.id
-            )
-            empty.parameters["edged_variant"].string_param = handle.variant.id
-            yield _stream_response(empty, final=True)
-        else:
-            yield _stream_response(
-                convert.text_response(
-                    request, handle.version, handle.variant.id, pending or "", output
-                ),
-                final=True,
-            )
+        if not empty_final:
+            yield text(pending or "", final=True)
+            return
+        if pending is not None:
+            yield text(pending, final=False)
+        empty = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=handle.version, id=request.id
+        )
+        empty.parameters["edged_variant"].string_param = handle.variant.id
+        yield _stream_response(empty, final=True)
 
     # -- statistics and repository -----------------------------------------------------------
 
@@ -246,7 +237,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for name, slot in sorted(self.portfolio.slots.items()):
             if slot.manifest is None or (request.ready and not slot.ready):
                 continue
-            state = slot.state.value if slot.state is not SlotState.READY else "READY"
+            state = slot.state.index_state
             response.models.add(
                 name=name, version=slot.manifest.version, state=state, reason=slot.reason
             )

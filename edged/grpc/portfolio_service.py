@@ -35,7 +35,7 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
             model = response.models.add(
                 name=name,
                 active_version=active,
-                state="READY" if slot.ready else slot.state.value,
+                state=slot.state.index_state,
                 pinned=slot.pinned,
                 predicted_rate=slot.rate.rate(now),
                 last_use_seconds_ago=-1.0 if slot.last_use is None else now - slot.last_use,

@@ -37,7 +37,7 @@ from edged.portfolio.slot import Handle, Lease, Slot, SlotState
 from edged.runtime import open_runtime
 from edged.runtime.base import LoadStats, Runtime
 from edged.runtime.memory import measure, release_freed_memory, rss_bytes
-from edged.runtime.probe import ProbeResult, probe
+from edged.runtime.probe import ProbeResult, probe_and_record, stored_result
 from edged.store.manifest import Manifest, Variant
 from edged.store.store import ModelStore
 
@@ -163,8 +163,7 @@ class Portfolio:
             )
         result = self._verdicts.get(variant_key(variant))
         if result is None:
-            record = self.store.validation(variant)
-            result = ProbeResult.from_json(record) if record else None
+            result = stored_result(self.store, variant)
             if result is not None:
                 self._verdicts[variant_key(variant)] = result
         if result is None:
@@ -186,17 +185,7 @@ class Portfolio:
         return await asyncio.shield(pending)
 
     async def _run_probe(self, variant: Variant) -> ProbeResult:
-        path = self.store.variant_path(variant)
-        log.info("validating %s (%s) in a subprocess", variant.file, variant.sha256[:12])
-        result = await probe(variant.format, path, variant.options, self.settings.probe_timeout)
-        if not result.usable:
-            log.warning(
-                "variant %s (%s) refused by validation: %s",
-                variant.id,
-                variant.sha256[:12],
-                result.reason,
-            )
-        self.store.put_validation(variant, result.to_json())
+        result = await probe_and_record(self.store, variant, self.settings.probe_timeout)
         self._verdicts[variant_key(variant)] = result
         return result
 
@@ -418,21 +407,15 @@ class Portfolio:
         assert old is not None
         _, _, result = self.verdict(variant)
         need = self._option(variant, result).bytes
-        if need > self.free():
+        drop_first = need > self.free()
+        if drop_first:
             slot.handle, slot.state = None, SlotState.LOADING
             await self._retire(old)
-            old = None
-        handle = await self._load(
-            slot.handle.manifest if slot.handle else self._manifest_of(slot), variant
-        )
+        handle = await self._load(old.manifest, variant)
         slot.handle, slot.state = handle, SlotState.READY
         slot.reason = f"{why}: serving {variant.id} (quality {variant.quality:.3f})"
-        if old is not None:
+        if not drop_first:
             await self._retire(old)
-
-    def _manifest_of(self, slot: Slot) -> Manifest:
-        assert slot.manifest is not None
-        return slot.manifest
 
     async def _shed_if_over(self, protect: str | None = None, why: str = "memory") -> None:
         over = self.accounted() - self.reading.bytes

@@ -19,10 +19,15 @@ R = TypeVar("R")
 
 
 class SlotState(enum.Enum):
-    UNLOADED = "UNAVAILABLE"
+    UNLOADED = "UNLOADED"
     LOADING = "LOADING"
     READY = "READY"
-    FAILED = "UNAVAILABLE"
+    FAILED = "FAILED"
+
+    @property
+    def index_state(self) -> str:
+        """The state as Triton's RepositoryIndex names it."""
+        return {"READY": "READY", "LOADING": "LOADING"}.get(self.value, "UNAVAILABLE")
 
 
 @dataclasses.dataclass
@@ -31,7 +36,6 @@ class Stats:
     success_ns: int = 0
     fail_count: int = 0
     fail_ns: int = 0
-    infer_ns: int = 0
     last_inference_ms: int = 0
 
     def record(self, ok: bool, elapsed_ns: int) -> None:
@@ -102,7 +106,6 @@ class Handle:
         self._journal_key = journal_key
         self._idle = asyncio.Event()
         self._idle.set()
-        self.last_used = time.monotonic()
         self.timing = ComputeTiming()
 
     @property
@@ -116,7 +119,6 @@ class Handle:
 
     def release(self) -> None:
         self.inflight -= 1
-        self.last_used = time.monotonic()
         self._journal.set(self._journal_key, RESIDENT, self.inflight)
         if self.inflight == 0:
             self._idle.set()

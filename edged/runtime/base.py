@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edged.errors import InvalidInputError
+
 # KServe v2 datatypes <-> numpy. BYTES travel as object arrays of ``bytes``.
 DATATYPE_TO_NUMPY: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -84,6 +86,20 @@ class Runtime(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def prompt_text(array: Array, tensor: str) -> str:
+    """The single UTF-8 string a generative model takes as its prompt."""
+    flat = array.reshape(-1)
+    if flat.size != 1:
+        raise InvalidInputError(
+            f"input tensor {tensor!r}: expected one prompt string, got {flat.size}"
+        )
+    value = flat[0]
+    try:
+        return value.decode() if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"input tensor {tensor!r}: not valid UTF-8") from None
 
 
 def example_inputs(specs: tuple[TensorSpec, ...]) -> dict[str, Array]:

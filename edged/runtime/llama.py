@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edged.errors import InvalidInputError
-from edged.runtime.base import Array, GenerationParams, TensorSpec
+from edged.runtime.base import Array, GenerationParams, TensorSpec, prompt_text
 
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
@@ -46,18 +46,8 @@ class LlamaRuntime:
         else:
             self.outputs = (TensorSpec(TEXT_OUTPUT, "BYTES", (1,)),)
 
-    def _prompt(self, inputs: Mapping[str, Array]) -> str:
-        text = inputs[TEXT_INPUT].reshape(-1)
-        if text.size != 1:
-            raise InvalidInputError(f"{TEXT_INPUT}: expected exactly one string, got {text.size}")
-        value = text[0]
-        try:
-            return value.decode() if isinstance(value, bytes) else str(value)
-        except UnicodeDecodeError:
-            raise InvalidInputError(f"{TEXT_INPUT}: not valid UTF-8") from None
-
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        prompt = self._prompt(inputs)
+        prompt = prompt_text(inputs[TEXT_INPUT], TEXT_INPUT)
         if self._embedding:
             with self._lock:
                 vector = np.asarray(self._llm.embed(prompt), dtype=np.float32)

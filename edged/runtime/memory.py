@@ -10,15 +10,12 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 
 from edged.runtime.base import LoadStats
-
-T = TypeVar("T")
 
 
 def rss_bytes() -> int:
@@ -58,11 +55,6 @@ def measure(path: Path) -> Iterator[LoadStats]:
     stats.rss_delta_bytes = rss_bytes() - before
     size, resident = mapped_file_bytes(path)
     stats.mapped_bytes = max(size - resident, 0)
-
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    start = time.perf_counter()
-    return fn(), time.perf_counter() - start
 
 
 def release_freed_memory() -> None:

@@ -13,11 +13,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edged.store.manifest import Variant
+    from edged.store.store import ModelStore
+
+log = logging.getLogger(__name__)
 
 PROBE_VERSION = 2  # 2: memory measured after the runtimes are initialised
 
@@ -88,6 +95,27 @@ async def probe(fmt: str, path: Path, options: dict[str, Any], timeout: float) -
         result = None
     if result is None:
         return ProbeResult(False, "validation printed no result (the probe is broken)")
+    return result
+
+
+def stored_result(store: ModelStore, variant: Variant) -> ProbeResult | None:
+    """The verdict recorded for a variant's file, if one from this probe version exists."""
+    record = store.validation(variant)
+    return ProbeResult.from_json(record) if record else None
+
+
+async def probe_and_record(store: ModelStore, variant: Variant, timeout: float) -> ProbeResult:
+    """Probe a variant's file in a subprocess and record the verdict in the store."""
+    log.info("validating %s (%s) in a subprocess", variant.file, variant.sha256[:12])
+    result = await probe(variant.format, store.variant_path(variant), variant.options, timeout)
+    if not result.usable:
+        log.warning(
+            "variant %s (%s) refused by validation: %s",
+            variant.id,
+            variant.sha256[:12],
+            result.reason,
+        )
+    store.put_validation(variant, result.to_json())
     return result
 
 
