@@ -17,6 +17,7 @@ from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio, PortfolioSettings
 from edged.portfolio.residency import BudgetSettings, ScoringWeights
 from edged.runtime import warm_runtimes
+from edged.runtime.memory import limit_malloc_arenas
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -136,4 +137,5 @@ class Daemon:
 
 
 def serve(config: Config) -> None:
+    limit_malloc_arenas()
     asyncio.run(Daemon(config).run())
