@@ -133,6 +133,19 @@ class ResidencyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PreloadConfig:
+    """Predictive pre-loading from the request history (docs/preloading.md)."""
+
+    enabled: bool = True
+    interval_seconds: float = 5.0  # how often the forecasts are re-checked
+    lead_seconds: float = 30.0  # load a model this long before its forecast request
+    min_probability: float = 0.3  # of a request within the lead (or of following a predecessor)
+    transition_window_seconds: float = 2.0  # "B follows A" means within this many seconds
+    history_retention_days: float = 14.0
+    history_max_rows: int = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     pin: bool = False
 
@@ -154,6 +167,7 @@ class Config:
     memory: MemoryConfig = MemoryConfig()
     validation: ValidationConfig = ValidationConfig()
     residency: ResidencyConfig = ResidencyConfig()
+    preload: PreloadConfig = PreloadConfig()
     models: tuple[tuple[str, ModelConfig], ...] = ()
     source: Path | None = None
 
@@ -279,6 +293,32 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     )
     _no_leftovers(residency_t, "residency")
 
+    preload_t = _section(data, "preload")
+    p_updates: dict[str, Any] = {}
+    if "enabled" in preload_t:
+        p_updates["enabled"] = bool(_take(preload_t, "enabled", "preload", (bool,)))
+    for key in (
+        "interval_seconds",
+        "lead_seconds",
+        "transition_window_seconds",
+        "history_retention_days",
+    ):
+        if key in preload_t:
+            p_updates[key] = _number(preload_t, key, "preload")
+    if "min_probability" in preload_t:
+        value = _number(preload_t, "min_probability", "preload")
+        if value > 1:
+            raise ConfigError(f"preload.min_probability: must be in (0, 1], got {value}")
+        p_updates["min_probability"] = value
+    if "history_max_rows" in preload_t:
+        p_updates["history_max_rows"] = int(
+            _positive(
+                _take(preload_t, "history_max_rows", "preload", (int,)), "preload.history_max_rows"
+            )
+        )
+    preload = dataclasses.replace(PreloadConfig(), **p_updates)
+    _no_leftovers(preload_t, "preload")
+
     models_t = _section(data, "models")
     models = []
     for name, raw_table in sorted(models_t.items()):
@@ -321,6 +361,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         memory=memory,
         validation=validation,
         residency=residency,
+        preload=preload,
         models=tuple(models),
     )
 

@@ -11,10 +11,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from edged import systemd
 from edged.config import Config
+from edged.forecast.forecaster import Forecaster
+from edged.forecast.history import RequestHistory
 from edged.grpc.server import GrpcServer
 from edged.metrics import Metrics
 from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio, PortfolioSettings
+from edged.portfolio.preloader import Preloader, PreloadSettings
 from edged.portfolio.residency import BudgetSettings, ScoringWeights
 from edged.runtime import warm_runtimes
 from edged.runtime.memory import limit_malloc_arenas
@@ -70,6 +73,7 @@ class Daemon:
             log.warning("previous run ended abnormally; suspects: %s", ", ".join(suspects))
         portfolio.refresh()
         self.metrics.watch(portfolio)
+        preloader = self._build_preloader(portfolio)
         server = GrpcServer(self.config.server, portfolio, self.metrics, self.ready)
         await server.start()
         await server.set_serving(False)
@@ -88,6 +92,14 @@ class Daemon:
             max_instances=1,
             coalesce=True,
             id="residency",
+        )
+        scheduler.add_job(
+            preloader.run_once,
+            "interval",
+            seconds=self.config.preload.interval_seconds,
+            max_instances=1,
+            coalesce=True,
+            id="preload",
         )
         try:
             await portfolio.tick()
@@ -122,9 +134,37 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
             await portfolio.close()
+            if preloader.history is not None:
+                preloader.history.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+    def _build_preloader(self, portfolio: Portfolio) -> Preloader:
+        p = self.config.preload
+        history = RequestHistory(
+            self.store.state / "history.sqlite3",
+            retention_seconds=p.history_retention_days * 86400.0,
+            max_rows=p.history_max_rows,
+        )
+        preloader = Preloader(
+            portfolio,
+            Forecaster(
+                transition_window=p.transition_window_seconds,
+                min_transition_probability=p.min_probability,
+            ),
+            history,
+            PreloadSettings(
+                enabled=p.enabled,
+                interval=p.interval_seconds,
+                lead=p.lead_seconds,
+                min_probability=p.min_probability,
+                horizon=self.config.residency.horizon_seconds,
+            ),
+            metrics=self.metrics,
+        )
+        log.info("request history: %d requests replayed into the forecasters", preloader.restore())
+        return preloader
 
     async def _watchdog(self) -> None:
         interval = systemd.watchdog_interval()

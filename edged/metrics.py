@@ -68,6 +68,35 @@ class Metrics:
         self.upgrades = Counter(
             "edged_upgrades", "Downgraded models moved back to a better variant", registry=r
         )
+        self.preloads = Counter(
+            "edged_preloads",
+            "Variants loaded ahead of demand, by model and trigger",
+            ["model", "trigger"],
+            registry=r,
+        )
+        self.preload_hits = Counter(
+            "edged_preload_hits",
+            "Preloaded variants used before they left memory",
+            ["model"],
+            registry=r,
+        )
+        self.preload_wasted = Counter(
+            "edged_preload_wasted",
+            "Preloaded variants that left memory unused",
+            ["model"],
+            registry=r,
+        )
+        self.forecast_error = Histogram(
+            "edged_forecast_error_seconds",
+            "|actual - predicted| time of a model's next request, when one was predicted",
+            buckets=(0.1, 1, 5, 15, 60, 300, 900, 3600, 14400),
+            registry=r,
+        )
+        self.history_dropped = Counter(
+            "edged_history_dropped",
+            "Request records dropped because the writer fell behind",
+            registry=r,
+        )
         self.quality_served = Summary(
             "edged_served_quality",
             "Quality of the variant that served each request (sum / count = mean)",

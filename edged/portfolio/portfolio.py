@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,7 @@ from edged.portfolio.residency import (
     candidate_actions,
     choose_load,
     plan,
+    preload_choice,
     upgrade_target,
     working_budget,
 )
@@ -45,6 +49,28 @@ if TYPE_CHECKING:
     from edged.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def _background_priority() -> None:
+    """Run preloads below the request path's priority (nice 10 on this thread only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _threads() -> set[str]:
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def _restore_priority(tids: set[str]) -> None:
+    """Threads a runtime starts during a preload inherit its nice value; give them the
+    process's (needs CAP_SYS_NICE or a LimitNICE= that allows it; else they stay niced)."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), base)
 
 
 def variant_key(variant: Variant) -> str:
@@ -87,6 +113,19 @@ class Portfolio:
         self.slots: dict[str, Slot] = {}
         self.infer_pool = ThreadPoolExecutor(settings.infer_workers, "edged-infer")
         self._load_pool = ThreadPoolExecutor(1, "edged-load")
+        self._preload_pool = ThreadPoolExecutor(
+            1, "edged-preload", initializer=_background_priority
+        )
+        # Bytes promised to preloads in flight (they load outside the memory lock).
+        self._reserved: dict[str, int] = {}
+        # Loads running now, and whether each overlapped another (its RSS delta is then shared).
+        self._running_loads: dict[int, bool] = {}
+        self._load_ids = itertools.count()
+        # Hooks of the preloader (edged/portfolio/preloader.py): forecast expected requests
+        # within the horizon, see each arrival, see each finished request.
+        self.expected: Callable[[str], float] | None = None
+        self.on_arrival: Callable[[str], None] | None = None
+        self.on_complete: Callable[[Lease], None] | None = None
         self._crashes: dict[str, dict[str, Any]] = {}
         self._verdicts: dict[str, ProbeResult] = {}
         self._probing: dict[str, asyncio.Future[ProbeResult]] = {}
@@ -196,7 +235,7 @@ class Portfolio:
         return sum(self.bytes_of(s.handle) for s in self.slots.values() if s.handle)
 
     def free(self) -> int:
-        return self.reading.bytes - self.accounted()
+        return self.reading.bytes - self.accounted() - sum(self._reserved.values())
 
     def bytes_of(self, handle: Handle) -> int:
         return int(handle.load_stats.memory_bytes * self.correction)
@@ -209,7 +248,10 @@ class Portfolio:
 
     def predicted_requests(self, slot: Slot) -> float:
         w = self.settings.weights
-        return slot.rate.rate(self.clock()) * w.horizon_seconds
+        by_rate = slot.rate.rate(self.clock()) * w.horizon_seconds
+        if self.expected is None:
+            return by_rate
+        return max(by_rate, self.expected(slot.name))
 
     def _option(self, variant: Variant, result: ProbeResult | None) -> Option:
         return Option(
@@ -290,6 +332,8 @@ class Portfolio:
         could not fit.
         """
         deadline = time.monotonic() + (self.settings.load_timeout if wait else 0.0)
+        if slot.preloading is not None:  # a preload is bringing it in: faster than a new load
+            await asyncio.shield(slot.preloading)
         while True:
             changed = self._memory_changed
             async with self._memory:
@@ -487,27 +531,41 @@ class Portfolio:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _load(self, manifest: Manifest, variant: Variant) -> Handle:
+    async def _load(self, manifest: Manifest, variant: Variant, preload: bool = False) -> Handle:
         key = variant_key(variant)
         path = self.store.variant_path(variant)
 
         def work() -> tuple[Runtime, LoadStats]:
+            before = _threads() if preload else set()
             with measure(path) as stats:
                 runtime = open_runtime(variant.format, path, variant.options)
-                runtime.warm_up()
+                runtime.warm_up(manifest.warmup)
+            if preload:
+                _restore_priority(_threads() - before)
             return runtime, stats
 
         self.journal.set(key, LOADING)
         loop = asyncio.get_running_loop()
+        load_id = next(self._load_ids)
+        overlapped = bool(self._running_loads)
+        for other in self._running_loads:
+            self._running_loads[other] = True
+        self._running_loads[load_id] = overlapped
         try:
-            runtime, stats = await loop.run_in_executor(self._load_pool, work)
+            pool = self._preload_pool if preload else self._load_pool
+            runtime, stats = await loop.run_in_executor(pool, work)
         except Exception as exc:
             self.journal.clear(key)
             raise UnavailableError(
                 f"model {manifest.name} variant {variant.id} failed to load: {exc}"
             ) from exc
-        if stats.memory_bytes <= 0:  # freed pages of an earlier unload hide the real cost
+        finally:
+            overlapped = self._running_loads.pop(load_id)
+        # Freed pages of an earlier unload can hide the real cost, and two loads at once share
+        # one RSS delta: then the subprocess probe's measurement stands in.
+        if stats.memory_bytes <= 0 or overlapped:
             stats.rss_delta_bytes = self.expected_bytes(variant, self.verdict(variant)[2])
+            stats.mapped_bytes = 0
         self.journal.set(key, RESIDENT)
         if self.metrics is not None:
             self.metrics.loads.labels(manifest.name, variant.id).inc()
@@ -534,6 +592,8 @@ class Portfolio:
             )
             await handle.drained()
         self.journal.clear(variant_key(handle.variant))
+        if handle.preloaded and not handle.used and self.metrics is not None:
+            self.metrics.preload_wasted.labels(handle.manifest.name).inc()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._load_pool, self._close, handle.runtime)
         self._notify()
@@ -578,14 +638,83 @@ class Portfolio:
                 f"model {name!r} version {version!r} is not served "
                 f"(the active version is {slot.manifest.version!r})"
             )
+        arrived = time.perf_counter()
         slot.last_use = now = self.clock()
         slot.rate.observe(now)
+        if self.on_arrival is not None:
+            self.on_arrival(name)
         handle = slot.handle
-        if handle is None or handle.version != slot.manifest.version:
+        cold = handle is None or handle.version != slot.manifest.version
+        if cold:
             handle = await self.ensure_ready(slot)
+        assert handle is not None
+        if not handle.used:
+            handle.used = True
+            if handle.preloaded and self.metrics is not None:
+                self.metrics.preload_hits.labels(name).inc()
         if self.metrics is not None:
             self.metrics.quality_served.observe(handle.variant.quality)
-        return Lease(handle)
+        return Lease(handle, cold=cold, arrived=arrived, done=self.on_complete)
+
+    async def preload(self, name: str, expected_requests: float, trigger: str) -> bool:
+        """Load ``name``'s active version ahead of demand when it pays (residency.preload_choice).
+
+        Never while a request's load or another memory decision is under way, never a variant
+        that has not been validated, and outside the memory lock: the bytes are reserved, the load
+        runs on the low-priority preload thread, and requests for other models go on meanwhile.
+        Requests for this model wait for the preload instead of starting a second load.
+        """
+        slot = self.slots.get(name)
+        if slot is None or slot.manifest is None or slot.preloading is not None:
+            return False
+        if slot.handle is not None or self._memory.locked():
+            return False
+        manifest = slot.manifest
+        async with self._memory:
+            if slot.handle is not None or slot.preloading is not None:
+                return False
+            options = self._known_options(manifest)
+            choice = preload_choice(
+                [o for _, o in options],
+                self.free(),
+                self.residents(exclude=name),
+                expected_requests,
+                self.settings.weights,
+            )
+            if choice is None:
+                return False
+            option, actions, gain = choice
+            variant = next(v for v, o in options if o is option)
+            for action in actions:
+                await self._apply(action, "preload")
+            self._reserved[name] = option.bytes
+            future: asyncio.Future[Handle | None] = asyncio.get_running_loop().create_future()
+            slot.preloading, slot.state = future, SlotState.LOADING
+        log.debug("preload %s/%s (%s, gain %.3f)", name, variant.id, trigger, gain)
+        handle: Handle | None = None
+        try:
+            handle = await self._load(manifest, variant, preload=True)
+        except EdgedError as exc:
+            log.warning("preload of %s failed: %s", name, exc.message)
+        finally:
+            self._reserved.pop(name, None)
+        installed = False
+        async with self._memory:
+            slot.preloading = None
+            if handle is not None and slot.handle is None and slot.manifest is manifest:
+                handle.preloaded = installed = True
+                slot.handle, slot.state = handle, SlotState.READY
+                slot.reason = f"preloaded {variant.id} ({trigger})"
+                if self.metrics is not None:
+                    self.metrics.preloads.labels(name, trigger).inc()
+            else:
+                slot.state = SlotState.READY if slot.handle is not None else SlotState.UNLOADED
+                if handle is not None:
+                    self._in_background(self._retire(handle))
+            await self._shed_if_over(protect=name)
+        future.set_result(handle if installed else None)
+        self._notify()
+        return installed
 
     async def close(self) -> None:
         for slot in self.slots.values():
@@ -594,6 +723,7 @@ class Portfolio:
                     await self.unload(slot.name, why="shutdown")
         self.infer_pool.shutdown(wait=True)
         self._load_pool.shutdown(wait=True)
+        self._preload_pool.shutdown(wait=True)
         self.journal.stop_cleanly()
         # A clean stop clears crash suspicion for the variants that ran in this run.
         self.store.put_crashes(

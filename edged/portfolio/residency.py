@@ -8,7 +8,8 @@ n = predicted requests to m within the horizon H:
 
 An evicted model's next requests wait for a cold load and are not served warm (their quality
 counts as lost); a downgraded model keeps serving, at the smaller variant's quality. Actions are
-taken in order of loss per byte freed. Until forecasters exist, n = decayed request rate * H.
+taken in order of loss per byte freed. n is the larger of the decayed request rate * H and the
+forecasters' expected requests within H (edged/forecast).
 """
 
 from __future__ import annotations
@@ -208,6 +209,35 @@ def choose_load(
     if best is None:
         return reasons
     return best[1], best[2]
+
+
+def preload_choice(
+    options: Sequence[Option],
+    free: int,
+    residents: Sequence[Resident],
+    expected_requests: float,
+    w: ScoringWeights,
+) -> tuple[Option, list[Action], float] | None:
+    """Which variant a preload should bring in, what must leave for it, and the net gain; None
+    when no preload pays for what it displaces.
+
+    The benefit of having a variant resident for ``n`` expected requests is what evicting it
+    would lose (the same formula): n * (t_load * w_latency + q * w_quality). A preload goes ahead
+    only when that exceeds the loss of the evictions and downgrades that make room, so a small
+    variant that fits wins over a large one that would displace a busy model.
+    """
+    best: tuple[Option, list[Action], float] | None = None
+    for option in options:
+        actions = plan(residents, option.bytes - free, w)
+        if actions is None:
+            continue
+        benefit = expected_requests * (
+            option.load_seconds * w.latency_weight + option.quality * w.quality_weight
+        )
+        gain = benefit - sum(a.loss for a in actions)
+        if gain > 0 and (best is None or gain > best[2]):
+            best = (option, actions, gain)
+    return best
 
 
 def upgrade_target(

@@ -107,6 +107,8 @@ class Handle:
         self._idle = asyncio.Event()
         self._idle.set()
         self.timing = ComputeTiming()
+        self.preloaded = False  # loaded ahead of demand
+        self.used = False  # has served a request
 
     @property
     def version(self) -> str:
@@ -134,14 +136,26 @@ class Handle:
 class Lease:
     """Holds a handle for the duration of one request (``async with``-free for speed)."""
 
-    __slots__ = ("handle",)
+    __slots__ = ("_done", "arrived", "cold", "handle")
 
-    def __init__(self, handle: Handle) -> None:
+    def __init__(
+        self,
+        handle: Handle,
+        *,
+        cold: bool = False,
+        arrived: float = 0.0,
+        done: Callable[[Lease], None] | None = None,
+    ) -> None:
         self.handle = handle
+        self.cold = cold  # the request waited for a load
+        self.arrived = arrived  # time.perf_counter() when the request reached the portfolio
+        self._done = done
         handle.acquire()
 
     def release(self) -> None:
         self.handle.release()
+        if self._done is not None:
+            self._done(self)
 
 
 @dataclasses.dataclass
@@ -156,6 +170,8 @@ class Slot:
     pinned: bool = False
     last_use: float | None = None  # portfolio clock
     rate: DecayedRate = dataclasses.field(init=False)
+    # Set while a preload of the active version is in flight; requests wait on it.
+    preloading: asyncio.Future[Handle | None] | None = None
 
     def __post_init__(self, half_life: float) -> None:
         self.rate = DecayedRate(half_life)

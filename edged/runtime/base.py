@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.errors import InvalidInputError
+from edged.store.manifest import Warmup
 
 # KServe v2 datatypes <-> numpy. BYTES travel as object arrays of ``bytes``.
 DATATYPE_TO_NUMPY: dict[str, Any] = {
@@ -81,8 +82,9 @@ class Runtime(Protocol):
         """Stream generated text chunks (generative runtimes only)."""
         ...
 
-    def warm_up(self) -> None:
-        """One inference on inputs built from the signature, so the first request is not slow."""
+    def warm_up(self, sample: Warmup | None = None) -> None:
+        """One inference, so the first request is not slow: on the manifest's sample when it
+        gives one, else on inputs built from the signature."""
         ...
 
     def close(self) -> None: ...
@@ -100,6 +102,26 @@ def prompt_text(array: Array, tensor: str) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)
     except UnicodeDecodeError:
         raise InvalidInputError(f"input tensor {tensor!r}: not valid UTF-8") from None
+
+
+def warmup_inputs(specs: tuple[TensorSpec, ...], sample: Warmup | None) -> dict[str, Array]:
+    """The manifest's warm-up sample in the signature's datatypes; example inputs for the rest."""
+    out = example_inputs(specs)
+    given = {name: (shape, data) for name, shape, data in (sample.inputs if sample else ())}
+    for spec in specs:
+        if spec.name not in given:
+            continue
+        shape, data = given.pop(spec.name)
+        dtype = object if spec.datatype == "BYTES" else DATATYPE_TO_NUMPY[spec.datatype]
+        try:
+            out[spec.name] = np.asarray(data, dtype=dtype).reshape(shape)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"manifest warmup.inputs.{spec.name}: {exc}") from None
+    if given:
+        raise InvalidInputError(
+            f"manifest warmup.inputs: the model has no input {sorted(given)[0]!r}"
+        )
+    return out
 
 
 def example_inputs(specs: tuple[TensorSpec, ...]) -> dict[str, Array]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from edged.errors import InvalidInputError
 from edged.runtime.base import Array, GenerationParams, TensorSpec, prompt_text
+from edged.store.manifest import Warmup
 
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
@@ -77,12 +78,12 @@ class LlamaRuntime:
                 if text:
                     yield str(text)
 
-    def warm_up(self) -> None:
-        prompt = np.array([b"hello"], dtype=object)
+    def warm_up(self, sample: Warmup | None = None) -> None:
+        text = sample.prompt if sample is not None and sample.prompt else "hello"
         if self._embedding:
-            self.infer({TEXT_INPUT: prompt})
+            self.infer({TEXT_INPUT: np.array([text.encode()], dtype=object)})
         else:
-            for _ in self.generate("hello", GenerationParams(max_tokens=1), lambda: False):
+            for _ in self.generate(text, GenerationParams(max_tokens=1), lambda: False):
                 pass
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import onnxruntime as ort
 
 from edged.errors import InvalidInputError
-from edged.runtime.base import Array, GenerationParams, TensorSpec, example_inputs
+from edged.runtime.base import Array, GenerationParams, TensorSpec, warmup_inputs
+from edged.store.manifest import Warmup
 
 _ONNX_TO_DATATYPE = {
     "tensor(bool)": "BOOL",
@@ -65,8 +66,8 @@ class OnnxRuntime:
     ) -> Iterator[str]:
         raise InvalidInputError("this model is not generative; use ModelInfer with tensors")
 
-    def warm_up(self) -> None:
-        self.infer(example_inputs(self.inputs))
+    def warm_up(self, sample: Warmup | None = None) -> None:
+        self.infer(warmup_inputs(self.inputs, sample))
 
     def close(self) -> None:
         del self._session

@@ -79,6 +79,14 @@ class Variant:
 
 
 @dataclasses.dataclass(frozen=True)
+class Warmup:
+    """The sample a variant runs once before it is marked ready (manifest ``warmup``)."""
+
+    prompt: str | None = None  # generative models
+    inputs: tuple[tuple[str, tuple[int, ...], tuple[Any, ...]], ...] = ()  # name, shape, data
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -86,6 +94,7 @@ class Manifest:
     lineage: dict[str, Any]
     variants: tuple[Variant, ...]
     raw: dict[str, Any]
+    warmup: Warmup | None = None
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
@@ -177,6 +186,36 @@ def _variant(raw: Any, index: int) -> Variant:
     )
 
 
+def _warmup(raw: Any) -> Warmup:
+    """``{"prompt": "..."}`` or ``{"inputs": {"name": {"shape": [1, 4], "data": [...]}}}``;
+    the datatype comes from the model's signature."""
+    if not isinstance(raw, dict):
+        raise ManifestError("warmup: expected an object")
+    prompt = None
+    if "prompt" in raw:
+        prompt = _get(raw, "prompt", str, "warmup.")
+    inputs = []
+    for name, tensor in _get(raw, "inputs", dict, "warmup.").items() if "inputs" in raw else ():
+        where = f"warmup.inputs.{name}."
+        if not isinstance(tensor, dict):
+            raise ManifestError(f"warmup.inputs.{name}: expected an object with shape and data")
+        shape = _get(tensor, "shape", list, where)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ManifestError(f"{where}shape: expected non-negative integers, got {shape!r}")
+        data = _get(tensor, "data", list, where)
+        count = 1
+        for d in shape:
+            count *= d
+        if len(data) != count:
+            raise ManifestError(f"{where}data: {len(data)} values for shape {shape} ({count})")
+        if not all(isinstance(x, (int, float, str)) for x in data):
+            raise ManifestError(f"{where}data: expected a flat list of numbers or strings")
+        inputs.append((str(name), tuple(shape), tuple(data)))
+    if prompt is None and not inputs:
+        raise ManifestError("warmup: expected 'prompt' or 'inputs'")
+    return Warmup(prompt, tuple(inputs))
+
+
 def parse(raw: Any) -> Manifest:
     """Validate a decoded manifest; raises ManifestError naming the offending field."""
     if not isinstance(raw, dict):
@@ -199,7 +238,8 @@ def parse(raw: Any) -> Manifest:
         if v.id in seen:
             raise ManifestError(f"variants[{v.id}].id: duplicate variant id")
         seen.add(v.id)
-    return Manifest(name, version, created, dict(lineage), variants, raw)
+    warmup = _warmup(raw["warmup"]) if "warmup" in raw else None
+    return Manifest(name, version, created, dict(lineage), variants, raw, warmup)
 
 
 def loads(data: bytes | str) -> Manifest:

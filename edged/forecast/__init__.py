@@ -1,0 +1,1 @@
+"""When will each model be needed next: request history and the forecasters built on it."""
