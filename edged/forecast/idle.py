@@ -44,6 +44,7 @@ class IdleTimeHistogram:
         self.out_of_range = 0
         self._gaps: list[float] = []  # sorted, in range; for exact conditional probabilities
         self._recent: collections.deque[float] = collections.deque()  # arrival order
+        self._trusted: bool | None = None  # cached until the next observation
 
     @property
     def samples(self) -> int:
@@ -53,6 +54,7 @@ class IdleTimeHistogram:
         s = self.settings
         if idle_seconds < 0:
             raise ValueError(f"idle time must be >= 0, got {idle_seconds}")
+        self._trusted = None
         self._recent.append(idle_seconds)
         self._count(idle_seconds, +1)
         if len(self._recent) > s.max_samples:
@@ -70,6 +72,11 @@ class IdleTimeHistogram:
             del self._gaps[bisect.bisect_left(self._gaps, idle_seconds)]
 
     def trusted(self) -> bool:
+        if self._trusted is None:
+            self._trusted = self._representative()
+        return self._trusted
+
+    def _representative(self) -> bool:
         s = self.settings
         n = self.samples
         if n < s.min_samples or self.out_of_range > s.max_out_of_range * n:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
-import statistics
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -50,35 +50,96 @@ class CalendarRates:
 
 
 class ExactPeriod:
-    """A client that calls every P seconds: the last few gaps agree to within a few percent."""
+    """Timer-driven clients: requests every P seconds, even when other traffic to the same model
+    is mixed in.
 
-    def __init__(self, window: int = 6, tolerance: float = 0.05, min_period: float = 1.0) -> None:
-        self.gaps: collections.deque[float] = collections.deque(maxlen=window)
+    On each arrival t, every recent arrival a proposes a period P = t - a, and the chain is
+    followed back: an arrival near a - P, then near that - P, and so on (each beat within
+    ``tolerance`` * P of the last, so a timer's jitter does not accumulate). Other traffic lines
+    up by chance: at the model's mean rate r, a window of width w holds an arrival with
+    probability 1 - exp(-r w). P is accepted once the chance that the whole chain is coincidence
+    falls below ``significance`` — small, since every arrival tests every recent one — and at
+    least ``min_beats`` beats are seen. A timer that misses two beats in a row is dropped.
+    """
+
+    def __init__(
+        self,
+        min_beats: int = 4,
+        max_beats: int = 16,
+        tolerance: float = 0.02,
+        significance: float = 1e-6,
+        min_period: float = 1.0,
+        max_period: float = 4 * HOUR,
+        memory: int = 256,
+    ) -> None:
+        self.min_beats = min_beats
+        self.max_beats = max_beats
         self.tolerance = tolerance
+        self.significance = significance
         self.min_period = min_period
-        self.last: float | None = None
+        self.max_period = max_period
+        self.arrivals: collections.deque[float] = collections.deque(maxlen=memory)
+        self.timers: dict[float, float] = {}  # period -> last beat
 
     def observe(self, t: float) -> None:
-        if self.last is not None:
-            self.gaps.append(t - self.last)
-        self.last = t
+        arrivals = list(self.arrivals)
+        self.arrivals.append(t)
+        for period, last in list(self.timers.items()):
+            if any(abs(t - (last + k * period)) <= self._slack(period) for k in (1, 2)):
+                self.timers[period] = t  # the timer fired again (perhaps after a missed beat)
+        if len(arrivals) < self.min_beats - 1 or t <= arrivals[0]:
+            return
+        rate = len(arrivals) / (t - arrivals[0])
+        for a in reversed(arrivals):
+            period = t - a
+            if period < self.min_period:
+                continue
+            if period > self.max_period:
+                break
+            if any(abs(period - known) <= self._slack(known) for known in self.timers):
+                continue
+            if self._chain_is_timer(arrivals, a, period, rate):
+                self.timers[period] = t
+
+    def _chain_is_timer(
+        self, arrivals: list[float], start: float, period: float, rate: float
+    ) -> bool:
+        slack = self._slack(period)
+        hit = 1.0 - math.exp(-rate * 2 * slack)
+        chance, beats, beat = hit, 2, start
+        while beats < self.max_beats and (chance > self.significance or beats < self.min_beats):
+            previous = self._near(arrivals, beat - period, slack)
+            if previous is None:
+                return False
+            beat, beats, chance = previous, beats + 1, chance * hit
+        return chance <= self.significance and beats >= self.min_beats
+
+    def _slack(self, period: float) -> float:
+        return max(self.tolerance * period, 0.05)
+
+    @staticmethod
+    def _near(arrivals: list[float], when: float, slack: float) -> float | None:
+        i = bisect.bisect_left(arrivals, when - slack)
+        if i < len(arrivals) and arrivals[i] <= when + slack:
+            # the closest one inside the window
+            j = i
+            while j + 1 < len(arrivals) and arrivals[j + 1] <= when + slack:
+                j += 1
+            return min(arrivals[i : j + 1], key=lambda x: abs(x - when))
+        return None
 
     def period(self) -> float | None:
-        if self.gaps.maxlen is None or len(self.gaps) < self.gaps.maxlen:
-            return None
-        middle = statistics.median(self.gaps)
-        if middle < self.min_period:
-            return None
-        spread = statistics.median(abs(g - middle) for g in self.gaps)
-        return middle if spread <= self.tolerance * middle else None
+        """The shortest live timer period, if any."""
+        return min(self.timers) if self.timers else None
 
     def next_arrival(self, t: float) -> float | None:
-        """When the timer fires next, at or after ``t`` (a missed beat counts as late, not gone,
-        for one period)."""
-        period = self.period()
-        if period is None or self.last is None:
-            return None
-        beats = max(math.floor((t - self.last) / period), 0)
-        if beats >= 2:  # the timer stopped
-            return None
-        return self.last + (beats + 1) * period
+        """When a timer fires next, at or after ``t`` (one missed beat is late, not gone)."""
+        best = None
+        for period, last in list(self.timers.items()):
+            beats = max(math.floor((t - last) / period), 0)
+            if beats >= 2:  # the timer stopped
+                del self.timers[period]
+                continue
+            beat = last + (beats + 1) * period
+            best = beat if best is None else min(best, beat)
+        return best

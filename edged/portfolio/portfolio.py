@@ -656,7 +656,7 @@ class Portfolio:
             self.metrics.quality_served.observe(handle.variant.quality)
         return Lease(handle, cold=cold, arrived=arrived, done=self.on_complete)
 
-    async def preload(self, name: str, expected_requests: float, trigger: str) -> bool:
+    async def preload(self, name: str, probability: float, lead: float, trigger: str) -> bool:
         """Load ``name``'s active version ahead of demand when it pays (residency.preload_choice).
 
         Never while a request's load or another memory decision is under way, never a variant
@@ -678,7 +678,8 @@ class Portfolio:
                 [o for _, o in options],
                 self.free(),
                 self.residents(exclude=name),
-                expected_requests,
+                probability,
+                lead,
                 self.settings.weights,
             )
             if choice is None:

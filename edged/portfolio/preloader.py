@@ -88,7 +88,11 @@ class Preloader:
         if not self.settings.enabled:
             return
         for follower, probability in followers:
-            self._spawn(self.portfolio.preload(follower, probability, "transition"))
+            self._spawn(
+                self.portfolio.preload(
+                    follower, probability, self.forecaster.transitions.window, "transition"
+                )
+            )
 
     def on_complete(self, lease: Lease) -> None:
         if self.history is None:
@@ -124,7 +128,7 @@ class Preloader:
             return 0
         made = 0
         for name, probability in self.candidates():
-            if await self.portfolio.preload(name, probability, "forecast"):
+            if await self.portfolio.preload(name, probability, self.settings.lead, "forecast"):
                 made += 1
         if self.history is not None and self.history.dropped and self.metrics is not None:
             self.metrics.history_dropped.inc(self.history.dropped)

@@ -215,26 +215,35 @@ def preload_choice(
     options: Sequence[Option],
     free: int,
     residents: Sequence[Resident],
-    expected_requests: float,
+    probability: float,
+    lead_seconds: float,
     w: ScoringWeights,
 ) -> tuple[Option, list[Action], float] | None:
     """Which variant a preload should bring in, what must leave for it, and the net gain; None
     when no preload pays for what it displaces.
 
-    The benefit of having a variant resident for ``n`` expected requests is what evicting it
-    would lose (the same formula): n * (t_load * w_latency + q * w_quality). A preload goes ahead
-    only when that exceeds the loss of the evictions and downgrades that make room, so a small
-    variant that fits wins over a large one that would displace a busy model.
+    ``probability`` is the forecast chance that the model is requested within ``lead_seconds``.
+    If it is, the on-demand load would make the same room a moment later anyway, so preloading
+    costs only the displaced models' requests that fall inside the lead; if it is not, the room
+    was made for nothing. With each action's loss taken over the horizon H:
+
+        benefit = p * (t_load * w_latency + q * w_quality)       (one cold start avoided)
+        cost    = sum(action loss) * ((1 - p) + p * lead / H)
+
+    so a likely follower in a pipeline is loaded even into a full budget, and a vague forecast
+    only into free memory. A small variant that fits wins over a large one that displaces.
     """
+    early = min(lead_seconds / w.horizon_seconds, 1.0)
     best: tuple[Option, list[Action], float] | None = None
     for option in options:
         actions = plan(residents, option.bytes - free, w)
         if actions is None:
             continue
-        benefit = expected_requests * (
+        benefit = probability * (
             option.load_seconds * w.latency_weight + option.quality * w.quality_weight
         )
-        gain = benefit - sum(a.loss for a in actions)
+        cost = sum(a.loss for a in actions) * ((1 - probability) + probability * early)
+        gain = benefit - cost
         if gain > 0 and (best is None or gain > best[2]):
             best = (option, actions, gain)
     return best
