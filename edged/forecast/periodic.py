@@ -36,7 +36,8 @@ class CalendarRates:
         """Expected requests per second at time ``t``."""
         if self.first is None or self.last is None:
             return 0.0
-        span = max(self.last - self.first, HOUR)
+        # Exposure runs to now, not to the last request: a week of silence dilutes the rate.
+        span = max(t - self.first, HOUR)
         days = max(span / DAY, 1.0)
         rate = self.by_hour[int(t % DAY // HOUR)] / (days * HOUR)
         if span >= 2 * WEEK:
@@ -96,8 +97,8 @@ class ExactPeriod:
                 continue
             if period > self.max_period:
                 break
-            if any(abs(period - known) <= self._slack(known) for known in self.timers):
-                continue
+            if any(self._multiple_of(period, known) for known in self.timers):
+                continue  # the known timer itself, or two of its beats apart
             if self._chain_is_timer(arrivals, a, period, rate):
                 self.timers[period] = t
 
@@ -113,6 +114,10 @@ class ExactPeriod:
                 return False
             beat, beats, chance = previous, beats + 1, chance * hit
         return chance <= self.significance and beats >= self.min_beats
+
+    def _multiple_of(self, period: float, known: float) -> bool:
+        k = round(period / known)
+        return k >= 1 and abs(period - k * known) <= k * self._slack(known)
 
     def _slack(self, period: float) -> float:
         return max(self.tolerance * period, 0.05)
