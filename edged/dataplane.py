@@ -80,7 +80,8 @@ class DataPlane:
         inputs: Mapping[str, Array],
         requested: Sequence[str],
         params: GenerationParams,
-    ) -> tuple[Handle, list[tuple[str, Array]]]:
+    ) -> tuple[Handle, list[tuple[str, Array]], bool]:
+        """(the handle that served, the outputs, whether the request waited for a load)."""
         lease = await self.portfolio.lease(model, version)
         handle = lease.handle
         try:
@@ -97,7 +98,7 @@ class DataPlane:
                 outputs = await loop.run_in_executor(
                     self.portfolio.infer_pool, handle.timing.timed, runtime.infer, inputs
                 )
-            return handle, select_outputs(model, outputs, requested)
+            return handle, select_outputs(model, outputs, requested), lease.cold
         finally:
             lease.release()
 

@@ -186,11 +186,14 @@ def infer_response(
     version: str,
     variant: str,
     outputs: Iterable[tuple[str, Array]],
+    cold: bool = False,
 ) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(
         model_name=request.model_name, model_version=version, id=request.id
     )
     response.parameters["edged_variant"].string_param = variant
+    # True when this request waited for a load: what preloading is meant to avoid.
+    response.parameters["edged_cold"].bool_param = cold
     for name, array in outputs:
         if array.dtype == object or array.dtype.kind in "SU":
             datatype, payload = "BYTES", serialize_bytes(array)

@@ -105,14 +105,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             inputs = convert.decode_inputs(request)
             params, _ = convert.generation_params(request.parameters)
-            handle, outputs = await self.dataplane.infer(
+            handle, outputs, cold = await self.dataplane.infer(
                 request.model_name,
                 request.model_version,
                 inputs,
                 convert.requested_outputs(request),
                 params,
             )
-            response = convert.infer_response(request, handle.version, handle.variant.id, outputs)
+            response = convert.infer_response(
+                request, handle.version, handle.variant.id, outputs, cold
+            )
             ok = True
             return response
         finally:
@@ -165,14 +167,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             slot = self.portfolio.slot(request.model_name)
             generative = (await self.portfolio.ensure_ready(slot)).runtime.generative
         if not generative:
-            handle, outputs = await self.dataplane.infer(
+            handle, outputs, cold = await self.dataplane.infer(
                 request.model_name,
                 request.model_version,
                 inputs,
                 convert.requested_outputs(request),
                 params,
             )
-            response = convert.infer_response(request, handle.version, handle.variant.id, outputs)
+            response = convert.infer_response(
+                request, handle.version, handle.variant.id, outputs, cold
+            )
             yield _stream_response(response, final=True)
             return
         handle, chunks = await self.dataplane.generate(

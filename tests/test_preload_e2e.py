@@ -1,0 +1,136 @@
+"""Preloading in the real daemon: a time-compressed trace with a pipeline and a timer, replayed
+with and without preloading; and forecasts that survive a restart."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edged.runtime.probe import stored_result
+from edged.store.store import ModelStore
+from edged.trace import write_csv
+from tests.daemon import DaemonProcess, free_port
+from tests.portfolios import mlp_family
+
+pytestmark = pytest.mark.e2e
+
+MODELS = ("a", "b", "c", "d", "e")
+FAST_PRELOAD = {
+    "preload__interval_seconds": 0.2,
+    "preload__lead_seconds": 1.0,
+    "preload__transition_window_seconds": 1.0,
+}
+
+
+def build_store(tmp_path: Path) -> tuple[Path, int]:
+    """Five small models; returns the store and a budget that holds about two of them."""
+    store_path = tmp_path / "store"
+    store = ModelStore(store_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate(MODELS):
+        store.import_dir(mlp_family(src, name, (256, 1024, 1024, 256), seed=i))
+    # One start validates every variant (subprocess probe) and records its measured memory.
+    DaemonProcess(store_path).start().stop()
+    largest = max(
+        stored_result(store, v).memory_bytes  # type: ignore[union-attr]
+        for name in MODELS
+        for v in store.manifest(name, "1").variants
+    )
+    return store_path, int(2.2 * largest)
+
+
+def compressed_trace(seconds: float, seed: int) -> list[tuple[float, str]]:
+    rng = random.Random(seed)
+    events = []
+    t = 0.5
+    while t < seconds:  # a pipeline: b follows a within 100 ms
+        events += [(t, "a"), (t + 0.1, "b")]
+        t += rng.uniform(1.2, 2.0)
+    t = 0.3
+    while t < seconds:  # a timer every 2.5 s
+        events.append((t, "c"))
+        t += 2.5
+    events += [(rng.uniform(0, seconds), rng.choice(("d", "e"))) for _ in range(int(seconds))]
+    return sorted(events)
+
+
+def replay(daemon: DaemonProcess, trace: Path) -> dict[str, int]:
+    result = daemon.edged("trace", "replay", str(trace), "--speed", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"cold by model: (.*)", result.stdout)
+    assert match, result.stdout
+    return {m: int(n) for m, n in (kv.split("=") for kv in match.group(1).split())}
+
+
+def test_preloading_cuts_cold_starts_on_a_replayed_trace(tmp_path: Path) -> None:
+    store_path, budget = build_store(tmp_path)
+    trace = tmp_path / "trace.csv"
+    write_csv(compressed_trace(20.0, seed=2), trace)
+
+    cold = {}
+    for enabled in (False, True):
+        daemon = DaemonProcess(
+            store_path, memory__budget=str(budget), preload__enabled=enabled, **FAST_PRELOAD
+        ).start()
+        try:
+            cold[enabled] = replay(daemon, trace)
+        finally:
+            daemon.stop()
+    structured_without = cold[False]["b"] + cold[False]["c"]
+    structured_with = cold[True]["b"] + cold[True]["c"]
+    assert sum(cold[True].values()) < sum(cold[False].values()), cold
+    # The follower and the timer are what the forecasters predict.
+    assert structured_with <= 0.5 * structured_without, cold
+
+
+def test_forecasts_survive_a_restart(tmp_path: Path) -> None:
+    store_path, budget = build_store(tmp_path)
+    trace = tmp_path / "pipeline.csv"
+    write_csv([(i * 0.5 + dt, m) for i in range(10) for dt, m in ((0, "a"), (0.1, "b"))], trace)
+    port = free_port()
+    settings = {
+        **FAST_PRELOAD,
+        "memory__budget": str(budget),
+        "metrics__address": f"127.0.0.1:{port}",
+    }
+
+    first = DaemonProcess(store_path, **settings).start()
+    try:
+        replay(first, trace)
+    finally:
+        first.stop()  # SIGTERM: the history writer flushes
+    second = DaemonProcess(store_path, **settings).start()
+    try:
+        replayed = re.search(r"request history: (\d+) requests replayed", second.logs())
+        assert replayed and int(replayed.group(1)) >= 20, second.logs()
+        assert second.edged("evict", "b").returncode == 0
+        assert second.edged("infer", "a").returncode == 0
+        # b was learned to follow a before the restart: it is loaded the moment a is seen.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = scrape(port)
+            if metrics.get('edged_preloads_total{model="b",trigger="transition"}', 0) >= 1:
+                break
+            time.sleep(0.1)
+        assert metrics.get('edged_preloads_total{model="b",trigger="transition"}', 0) >= 1, metrics
+        result = second.edged("infer", "b")
+        assert result.returncode == 0
+    finally:
+        second.stop()
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
