@@ -108,3 +108,28 @@ def test_bad_residency_config_names_the_key(data: dict, key: str) -> None:  # ty
     with pytest.raises(ConfigError) as err:
         config.from_dict(data)
     assert key in str(err.value)
+
+
+def test_preload_keys() -> None:
+    c = config.from_dict(
+        {"preload": {"enabled": False, "lead_seconds": 10, "min_probability": 0.5}}
+    )
+    assert c.preload.enabled is False
+    assert c.preload.lead_seconds == 10.0
+    assert c.preload.min_probability == 0.5
+    assert config.from_dict({}).preload.enabled is True
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"preload": {"enabled": "yes"}}, "preload.enabled"),
+        ({"preload": {"min_probability": 1.5}}, "preload.min_probability"),
+        ({"preload": {"interval_seconds": 0}}, "preload.interval_seconds"),
+        ({"preload": {"history_max_rows": 1.5}}, "preload.history_max_rows"),
+        ({"preload": {"horizon": 3}}, "preload.horizon"),
+    ],
+)
+def test_bad_preload_config_names_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.from_dict(data)
