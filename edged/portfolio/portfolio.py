@@ -656,14 +656,22 @@ class Portfolio:
             self.metrics.quality_served.observe(handle.variant.quality)
         return Lease(handle, cold=cold, arrived=arrived, done=self.on_complete)
 
-    async def preload(self, name: str, probability: float, lead: float, trigger: str) -> bool:
+    async def preload(
+        self, name: str, probability: float, lead: float, trigger: str, wait: float = 0.0
+    ) -> bool:
         """Load ``name``'s active version ahead of demand when it pays (residency.preload_choice).
 
-        Never while a request's load or another memory decision is under way, never a variant
+        Never while a request's load or another memory decision is under way (it may wait
+        ``wait`` seconds for one to finish), never a variant
         that has not been validated, and outside the memory lock: the bytes are reserved, the load
         runs on the low-priority preload thread, and requests for other models go on meanwhile.
         Requests for this model wait for the preload instead of starting a second load.
         """
+        # A pipeline head that arrived cold holds the memory lock while it loads: its follower
+        # may wait up to ``wait`` for the lock to come free, then queues behind what waits.
+        deadline = time.monotonic() + wait
+        while self._memory.locked() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         slot = self.slots.get(name)
         if slot is None or slot.manifest is None or slot.preloading is not None:
             return False

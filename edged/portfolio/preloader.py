@@ -90,7 +90,11 @@ class Preloader:
         for follower, probability in followers:
             self._spawn(
                 self.portfolio.preload(
-                    follower, probability, self.forecaster.transitions.window, "transition"
+                    follower,
+                    probability,
+                    self.forecaster.transitions.window,
+                    "transition",
+                    wait=self.forecaster.transitions.window,
                 )
             )
 
