@@ -133,7 +133,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from edged.grpc import convert
     from edged.runtime.base import (
         DATATYPE_TO_NUMPY,
-        NUMPY_TO_DATATYPE,
         TensorSpec,
         example_inputs,
     )
@@ -156,12 +155,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 if spec is None:
                     raise EdgedError(f"--input {name}: the model has no such input")
                 arrays[name] = np.asarray(json.loads(value), dtype=DATATYPE_TO_NUMPY[spec.datatype])
-        for name, array in arrays.items():
-            datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]
-            request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-            request.raw_input_contents.append(
-                convert.serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
-            )
+        convert.add_inputs(request, arrays)
         response = stub.ModelInfer(request, timeout=args.timeout)
     print(
         f"model {response.model_name} version {response.model_version} "

@@ -84,23 +84,15 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         watchdog = asyncio.ensure_future(self._watchdog())
         scheduler = AsyncIOScheduler()
-        # Pressure is re-read about once a second, so the daemon sheds before the OOM killer acts.
-        scheduler.add_job(
-            portfolio.tick,
-            "interval",
-            seconds=self.config.memory.tick_seconds,
-            max_instances=1,
-            coalesce=True,
-            id="residency",
-        )
-        scheduler.add_job(
-            preloader.run_once,
-            "interval",
-            seconds=self.config.preload.interval_seconds,
-            max_instances=1,
-            coalesce=True,
-            id="preload",
-        )
+        # Pressure is re-read about once a second, so the daemon sheds before the OOM killer acts;
+        # forecasts are re-checked every preload.interval_seconds.
+        for job, seconds, name in (
+            (portfolio.tick, self.config.memory.tick_seconds, "residency"),
+            (preloader.run_once, self.config.preload.interval_seconds, "preload"),
+        ):
+            scheduler.add_job(
+                job, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
+            )
         try:
             await portfolio.tick()
             scheduler.start()

@@ -10,13 +10,12 @@ import time
 from collections.abc import Sequence
 
 import grpc
-import numpy as np
 
 from edged.api import inference_pb2 as pb
 from edged.api import inference_pb2_grpc as pb_grpc
 from edged.grpc import convert
 from edged.portfolio.residency import Option
-from edged.runtime.base import NUMPY_TO_DATATYPE, TensorSpec, example_inputs
+from edged.runtime.base import TensorSpec, example_inputs
 from edged.runtime.probe import stored_result
 from edged.simulate import (
     EdgedPolicy,
@@ -49,14 +48,7 @@ async def _request_for(
     request = pb.ModelInferRequest(model_name=model)
     if meta.platform.startswith("llama"):
         request.parameters["max_tokens"].int64_param = 1
-    for name, array in example_inputs(specs).items():
-        datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]
-        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-        request.raw_input_contents.append(
-            convert.serialize_bytes(array)
-            if datatype == "BYTES"
-            else np.ascontiguousarray(array).tobytes()
-        )
+    convert.add_inputs(request, example_inputs(specs))
     return request
 
 

@@ -44,6 +44,7 @@ class SimPreload:
     lead: float = 30.0
     min_probability: float = 0.3
     transition_window: float = 2.0
+    max_per_round: int = 4
 
 
 @dataclasses.dataclass
@@ -172,15 +173,10 @@ class EdgedPolicy(Policy):
 
     def _preload_round(self, t: float) -> None:
         assert self.preload is not None and self.forecaster is not None
-        candidates = []
-        for m in self.options:
-            if m in self.resident:
-                continue
-            p = self.forecaster.forecast(m, t, self.preload.lead).probability
-            if p >= self.preload.min_probability:
-                candidates.append((p, m))
-        for p, m in sorted(candidates, key=lambda c: (-c[0], c[1]))[:4]:
-            self._preload(t, m, p, self.preload.lead)
+        absent = (m for m in self.options if m not in self.resident)
+        lead, min_p = self.preload.lead, self.preload.min_probability
+        for m, p in self.forecaster.likely(absent, t, lead, min_p, self.preload.max_per_round):
+            self._preload(t, m, p, lead)
 
     def request(self, t: float, model: str) -> Outcome:
         if self.preload is not None:

@@ -7,7 +7,6 @@ import json
 import random
 import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from edged.runtime.probe import stored_result
 from edged.store.store import ModelStore
 from edged.trace import write_csv
-from tests.daemon import DaemonProcess, free_port
+from tests.daemon import DaemonProcess, free_port, scrape
 from tests.portfolios import mlp_family
 
 pytestmark = pytest.mark.e2e
@@ -136,14 +135,3 @@ def test_forecasts_survive_a_restart(tmp_path: Path) -> None:
         assert result.returncode == 0
     finally:
         second.stop()
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values

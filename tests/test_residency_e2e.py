@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from edged.store.store import ModelStore
-from tests.daemon import DaemonProcess, free_port
+from tests.daemon import DaemonProcess, free_port, scrape
 from tests.portfolios import mlp_family
 
 pytestmark = pytest.mark.e2e
@@ -118,17 +117,6 @@ def test_budget_smaller_than_the_portfolio(tmp_path: Path) -> None:
     assert any(k.startswith("edged_resident_bytes{") for k in metrics)
     assert metrics["edged_load_seconds_count"] >= 4
     assert held - released >= 0.5 * metrics["edged_accounted_bytes"], (held, released)
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def rss_now(pid: int) -> int:

@@ -127,8 +127,10 @@ class ResidencyMachine(RuleBasedStateMachine):
         try:
             return self.run(coro)
         except EdgedError as exc:
+            # As the portfolio charges a load: the probe's figure times the observed correction.
             smallest = min(
                 self.portfolio.expected_bytes(v, self.portfolio.verdict(v)[2])
+                * self.portfolio.correction
                 for v in self.store.manifest(model, "1").variants
             )
             assert exc.code is ErrorCode.RESOURCE_EXHAUSTED, exc.message
@@ -178,6 +180,8 @@ class ResidencyMachine(RuleBasedStateMachine):
     def unpin(self, model: str) -> None:
         self.portfolio.pin(model, False)
         self.pinned_resident.pop(model, None)
+        # What the pin protected may now be over the budget: the next tick sheds it.
+        self.settle()
 
     @invariant()
     def accounted_fits_the_budget(self) -> None:

@@ -17,6 +17,7 @@ of that probability and the hour's rate times the horizon.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from edged.forecast.idle import IdleSettings, IdleTimeHistogram
 from edged.forecast.periodic import CalendarRates, ExactPeriod
@@ -73,6 +74,19 @@ class Forecaster:
             f = self.history(follower)
             f.promised = (t + self.transitions.window, p)
         return followers
+
+    def likely(
+        self, models: Iterable[str], t: float, lead: float, min_probability: float, limit: int
+    ) -> list[tuple[str, float]]:
+        """Of ``models``, those most likely (>= ``min_probability``) to be requested within
+        ``lead``: the preloader's round, in the daemon and in the simulator."""
+        out = []
+        for model in models:
+            p = self.forecast(model, t, lead).probability
+            if p >= min_probability:
+                out.append((model, p))
+        out.sort(key=lambda mp: (-mp[1], mp[0]))
+        return out[:limit]
 
     def forecast(self, model: str, t: float, horizon: float) -> Forecast:
         h = self.models.get(model)

@@ -80,25 +80,17 @@ class RequestHistory:
         except queue.Full:
             self.dropped += 1
 
-    def rows(self, since: float | None = None) -> Iterator[Request]:
+    def rows(self) -> Iterator[Request]:
         """Recorded requests, oldest first (what is still queued is not included)."""
         db = self._connect()
         try:
             cursor = db.execute(
-                "SELECT t, model, version, variant, latency_ms, warm FROM requests "
-                "WHERE t >= ? ORDER BY t",
-                (since if since is not None else float("-inf"),),
+                "SELECT t, model, version, variant, latency_ms, warm FROM requests ORDER BY t"
             )
             for t, model, version, variant, latency_ms, warm in cursor:
                 yield Request(t, model, version, variant, latency_ms, bool(warm))
         finally:
             db.close()
-
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far is written."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -109,8 +101,7 @@ class RequestHistory:
         written = 0
         try:
             while True:
-                first = self._queue.get()
-                batch = [first]
+                batch = [self._queue.get()]
                 while len(batch) < 1024:
                     try:
                         batch.append(self._queue.get_nowait())
@@ -130,8 +121,6 @@ class RequestHistory:
                         self._compact(db)
                 except sqlite3.Error as exc:
                     log.error("request history %s: %s (%d records lost)", self.path, exc, len(rows))
-                for _ in batch:
-                    self._queue.task_done()
                 if None in batch:
                     return
                 # Batch writes: a busy daemon writes a few times a second, not per request.

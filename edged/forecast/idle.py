@@ -44,17 +44,16 @@ class IdleTimeHistogram:
         self.out_of_range = 0
         self._gaps: list[float] = []  # sorted, in range; for exact conditional probabilities
         self._recent: collections.deque[float] = collections.deque()  # arrival order
-        self._trusted: bool | None = None  # cached until the next observation
+        self._square_sum = 0  # of the bin counts: the trust test is O(1) per request
 
     @property
     def samples(self) -> int:
-        return sum(self.bins) + self.out_of_range
+        return len(self._gaps) + self.out_of_range
 
     def observe(self, idle_seconds: float) -> None:
         s = self.settings
         if idle_seconds < 0:
             raise ValueError(f"idle time must be >= 0, got {idle_seconds}")
-        self._trusted = None
         self._recent.append(idle_seconds)
         self._count(idle_seconds, +1)
         if len(self._recent) > s.max_samples:
@@ -64,33 +63,30 @@ class IdleTimeHistogram:
         s = self.settings
         if idle_seconds >= s.range_seconds:
             self.out_of_range += sign
-        elif sign > 0:
-            self.bins[int(idle_seconds // s.bin_seconds)] += 1
+            return
+        i = int(idle_seconds // s.bin_seconds)
+        self._square_sum += 2 * self.bins[i] + 1 if sign > 0 else 1 - 2 * self.bins[i]
+        self.bins[i] += sign
+        if sign > 0:
             bisect.insort(self._gaps, idle_seconds)
         else:
-            self.bins[int(idle_seconds // s.bin_seconds)] -= 1
             del self._gaps[bisect.bisect_left(self._gaps, idle_seconds)]
 
     def trusted(self) -> bool:
-        if self._trusted is None:
-            self._trusted = self._representative()
-        return self._trusted
-
-    def _representative(self) -> bool:
         s = self.settings
         n = self.samples
         if n < s.min_samples or self.out_of_range > s.max_out_of_range * n:
             return False
-        mean = sum(self.bins) / len(self.bins)
+        mean = len(self._gaps) / len(self.bins)
         if mean == 0:
             return False
-        var = sum((c - mean) ** 2 for c in self.bins) / len(self.bins)
+        var = max(self._square_sum / len(self.bins) - mean * mean, 0.0)
         return math.sqrt(var) / mean >= s.min_bin_cv
 
     def percentile(self, p: float) -> float:
         """The idle time below which ``p`` percent of in-range idle times fall (bin edges, as
         the paper's policy: a head percentile rounds down, a tail percentile up)."""
-        total = sum(self.bins)
+        total = len(self._gaps)
         if total == 0:
             return 0.0
         target = p / 100.0 * total

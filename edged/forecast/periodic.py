@@ -23,18 +23,16 @@ class CalendarRates:
         self.by_hour = [0] * 24
         self.by_weekday = [0] * 7
         self.first: float | None = None
-        self.last: float | None = None
 
     def observe(self, t: float) -> None:
         if self.first is None:
             self.first = t
-        self.last = t
         self.by_hour[int(t % DAY // HOUR)] += 1
         self.by_weekday[int(t % WEEK // DAY)] += 1
 
     def rate(self, t: float) -> float:
         """Expected requests per second at time ``t``."""
-        if self.first is None or self.last is None:
+        if self.first is None:
             return 0.0
         # Exposure runs to now, not to the last request: a week of silence dilutes the rate.
         span = max(t - self.first, HOUR)
@@ -81,6 +79,9 @@ class ExactPeriod:
         self.max_period = max_period
         self.arrivals: collections.deque[float] = collections.deque(maxlen=memory)
         self.timers: dict[float, float] = {}  # period -> last beat
+        # A candidate whose per-beat chance hit exceeds this cannot reach ``significance`` within
+        # ``max_beats``: skipping those keeps the per-request work to a dozen candidates.
+        self._hopeless = significance ** (1 / (max_beats - 1))
 
     def observe(self, t: float) -> None:
         arrivals = list(self.arrivals)
@@ -95,18 +96,22 @@ class ExactPeriod:
             period = t - a
             if period < self.min_period:
                 continue
-            if period > self.max_period:
-                break
+            hit = self._chance_hit(period, rate)
+            if period > self.max_period or hit > self._hopeless:
+                break  # longer periods have wider windows: they cannot pass either
             if any(self._multiple_of(period, known) for known in self.timers):
                 continue  # the known timer itself, or two of its beats apart
-            if self._chain_is_timer(arrivals, a, period, rate):
+            if self._chain_is_timer(arrivals, a, period, hit):
                 self.timers[period] = t
 
+    def _chance_hit(self, period: float, rate: float) -> float:
+        """P(an arrival of other traffic falls in one beat's window by chance)."""
+        return 1.0 - math.exp(-rate * 2 * self._slack(period))
+
     def _chain_is_timer(
-        self, arrivals: list[float], start: float, period: float, rate: float
+        self, arrivals: list[float], start: float, period: float, hit: float
     ) -> bool:
         slack = self._slack(period)
-        hit = 1.0 - math.exp(-rate * 2 * slack)
         chance, beats, beat = hit, 2, start
         while beats < self.max_beats and (chance > self.significance or beats < self.min_beats):
             previous = self._near(arrivals, beat - period, slack)

@@ -177,6 +177,16 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def add_inputs(request: pb.ModelInferRequest, arrays: Mapping[str, Array]) -> None:
+    """Put arrays into a request as raw input contents (the client side: CLI, trace replay)."""
+    for name, array in arrays.items():
+        datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(
+            serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+        )
+
+
 def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
     return [o.name for o in request.outputs]
 

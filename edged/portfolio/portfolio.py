@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 import threading
@@ -67,7 +66,8 @@ def _threads() -> set[str]:
 def _restore_priority(tids: set[str]) -> None:
     """Threads a runtime starts during a preload inherit its nice value; give them the
     process's (needs CAP_SYS_NICE or a LimitNICE= that allows it; else they stay niced)."""
-    base = os.getpriority(os.PRIO_PROCESS, 0)
+    # The main thread's (its id is the pid); 0 would mean the calling, niced preload thread.
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
     for tid in tids:
         with contextlib.suppress(OSError, ValueError):
             os.setpriority(os.PRIO_PROCESS, int(tid), base)
@@ -118,9 +118,10 @@ class Portfolio:
         )
         # Bytes promised to preloads in flight (they load outside the memory lock).
         self._reserved: dict[str, int] = {}
-        # Loads running now, and whether each overlapped another (its RSS delta is then shared).
-        self._running_loads: dict[int, bool] = {}
-        self._load_ids = itertools.count()
+        # Two loads at once share one RSS delta: a load overlapped another when one was running as
+        # it started, or one started before it finished.
+        self._loads_running = 0
+        self._loads_started = 0
         # Hooks of the preloader (edged/portfolio/preloader.py): forecast expected requests
         # within the horizon, see each arrival, see each finished request.
         self.expected: Callable[[str], float] | None = None
@@ -546,11 +547,10 @@ class Portfolio:
 
         self.journal.set(key, LOADING)
         loop = asyncio.get_running_loop()
-        load_id = next(self._load_ids)
-        overlapped = bool(self._running_loads)
-        for other in self._running_loads:
-            self._running_loads[other] = True
-        self._running_loads[load_id] = overlapped
+        overlapped = self._loads_running > 0
+        self._loads_running += 1
+        self._loads_started += 1
+        started = self._loads_started
         try:
             pool = self._preload_pool if preload else self._load_pool
             runtime, stats = await loop.run_in_executor(pool, work)
@@ -560,7 +560,8 @@ class Portfolio:
                 f"model {manifest.name} variant {variant.id} failed to load: {exc}"
             ) from exc
         finally:
-            overlapped = self._running_loads.pop(load_id)
+            self._loads_running -= 1
+            overlapped = overlapped or self._loads_started != started
         # Freed pages of an earlier unload can hide the real cost, and two loads at once share
         # one RSS delta: then the subprocess probe's measurement stands in.
         if stats.memory_bytes <= 0 or overlapped:
@@ -662,9 +663,9 @@ class Portfolio:
         """Load ``name``'s active version ahead of demand when it pays (residency.preload_choice).
 
         Never while a request's load or another memory decision is under way (it may wait
-        ``wait`` seconds for one to finish), never a variant
-        that has not been validated, and outside the memory lock: the bytes are reserved, the load
-        runs on the low-priority preload thread, and requests for other models go on meanwhile.
+        ``wait`` seconds for one to finish), never a variant that has not been validated, and
+        outside the memory lock: the bytes are reserved, the load runs on the low-priority
+        preload thread, and requests for other models go on meanwhile.
         Requests for this model wait for the preload instead of starting a second load.
         """
         # A pipeline head that arrived cold holds the memory lock while it loads: its follower

@@ -115,16 +115,15 @@ class Preloader:
 
     def candidates(self) -> list[tuple[str, float]]:
         """Models not resident whose next request is likely within the lead, most likely first."""
-        now = self.clock()
-        out = []
-        for name, slot in self.portfolio.slots.items():
-            if slot.handle is not None or slot.preloading is not None or slot.manifest is None:
-                continue
-            lead = self.forecaster.forecast(name, now, self.settings.lead)
-            if lead.probability >= self.settings.min_probability:
-                out.append((name, lead.probability))
-        out.sort(key=lambda c: (-c[1], c[0]))
-        return out[: self.settings.max_per_round]
+        absent = (
+            name
+            for name, slot in self.portfolio.slots.items()
+            if slot.handle is None and slot.preloading is None and slot.manifest is not None
+        )
+        s = self.settings
+        return self.forecaster.likely(
+            absent, self.clock(), s.lead, s.min_probability, s.max_per_round
+        )
 
     async def run_once(self) -> int:
         """One round of the scheduled job; returns the preloads made."""
@@ -143,8 +142,3 @@ class Preloader:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def idle(self) -> None:
-        """Wait for the preloads started by arrivals (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)

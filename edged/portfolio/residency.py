@@ -196,19 +196,36 @@ def choose_load(
     Returns the reasons, one per option, when nothing can be made to fit.
     """
     n = max(predicted_requests, 1.0)
-    best: tuple[float, Option, list[Action]] | None = None
-    reasons = []
+    best = _best_option(
+        options,
+        free,
+        residents,
+        w,
+        lambda option, displaced: n * option.quality * w.quality_weight - displaced,
+    )
+    if best is None:
+        return [f"{o.variant} needs {o.bytes} bytes" for o in options]
+    return best[0], best[1]
+
+
+def _best_option(
+    options: Sequence[Option],
+    free: int,
+    residents: Sequence[Resident],
+    w: ScoringWeights,
+    value: Callable[[Option, float], float],
+) -> tuple[Option, list[Action], float] | None:
+    """The option of highest ``value(option, loss of making room for it)`` among those that can
+    be made to fit, with the actions that make room; None when none can."""
+    best: tuple[Option, list[Action], float] | None = None
     for option in options:
         actions = plan(residents, option.bytes - free, w)
         if actions is None:
-            reasons.append(f"{option.variant} needs {option.bytes} bytes")
             continue
-        value = n * option.quality * w.quality_weight - sum(a.loss for a in actions)
-        if best is None or value > best[0]:
-            best = (value, option, actions)
-    if best is None:
-        return reasons
-    return best[1], best[2]
+        v = value(option, sum(a.loss for a in actions))
+        if best is None or v > best[2]:
+            best = (option, actions, v)
+    return best
 
 
 def preload_choice(
@@ -234,19 +251,15 @@ def preload_choice(
     only into free memory. A small variant that fits wins over a large one that displaces.
     """
     early = min(lead_seconds / w.horizon_seconds, 1.0)
-    best: tuple[Option, list[Action], float] | None = None
-    for option in options:
-        actions = plan(residents, option.bytes - free, w)
-        if actions is None:
-            continue
+
+    def gain(option: Option, displaced: float) -> float:
         benefit = probability * (
             option.load_seconds * w.latency_weight + option.quality * w.quality_weight
         )
-        cost = sum(a.loss for a in actions) * ((1 - probability) + probability * early)
-        gain = benefit - cost
-        if gain > 0 and (best is None or gain > best[2]):
-            best = (option, actions, gain)
-    return best
+        return benefit - displaced * ((1 - probability) + probability * early)
+
+    best = _best_option(options, free, residents, w, gain)
+    return best if best is not None and best[2] > 0 else None
 
 
 def upgrade_target(
