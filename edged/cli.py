@@ -336,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_trace_replay)
 
+    from edged.update.cli import register as register_update_commands
+
+    register_update_commands(sub, with_config)
+
     p = sub.add_parser("demo", help="build the demo portfolio offline and import it")
     with_config(p)
     p.add_argument("--out", help="where to write the model sources (default: beside the store)")

@@ -105,6 +105,11 @@ class ServerConfig:
     max_message_bytes: int = 64 * 2**20
     workers: int = 4
     drain_seconds: float = 10.0
+    # TLS on the TCP listener (the controller's link): both set for TLS; tls_client_ca as well
+    # for mutual TLS (clients must present a certificate signed by it).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +151,15 @@ class PreloadConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class UpdatesConfig:
+    """Pushed updates (docs/updates.md)."""
+
+    trusted_keys: tuple[Path, ...] = ()  # .pub files or directories of them; none: refuse all
+    bandwidth: int = 0  # bytes per second received by Push; 0: unlimited
+    partial_retention_hours: float = 168.0  # unfinished pushes are kept this long for resuming
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     pin: bool = False
 
@@ -168,6 +182,7 @@ class Config:
     validation: ValidationConfig = ValidationConfig()
     residency: ResidencyConfig = ResidencyConfig()
     preload: PreloadConfig = PreloadConfig()
+    updates: UpdatesConfig = UpdatesConfig()
     models: tuple[tuple[str, ModelConfig], ...] = ()
     source: Path | None = None
 
@@ -197,6 +212,17 @@ def _positive(value: float, key: str) -> float:
 
 def _number(table: dict[str, Any], key: str, prefix: str) -> float:
     return float(_positive(_take(table, key, prefix, (int, float)), f"{prefix}.{key}"))
+
+
+def _path(text: str, base: Path, key: str, *, must_exist: bool = True) -> Path:
+    """A path from the config, relative to the config file's directory."""
+    if not text:
+        raise ConfigError(f"{key}: empty path")
+    path = Path(text)
+    path = Path(os.path.normpath(path if path.is_absolute() else base / path))
+    if must_exist and not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist or is not a file")
+    return path
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -252,7 +278,16 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                 _take(server_t, "drain_seconds", "server", (int, float)), "server.drain_seconds"
             )
         )
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if key in server_t:
+            updates[key] = _path(_take(server_t, key, "server", (str,)), base, f"server.{key}")
     server = dataclasses.replace(server, **updates)
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ConfigError("server.tls_cert and server.tls_key: set both (or neither)")
+    if server.tls_client_ca is not None and server.tls_cert is None:
+        raise ConfigError("server.tls_client_ca: mutual TLS needs server.tls_cert and tls_key")
+    if server.tls_cert is not None and not server.tcp:
+        raise ConfigError("server.tls_cert: TLS applies to the TCP listener; server.tcp is empty")
     if not server.unix_socket and not server.tcp:
         raise ConfigError("server: both server.unix_socket and server.tcp are empty; set one")
     _no_leftovers(server_t, "server")
@@ -353,8 +388,31 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     validation = dataclasses.replace(validation, **v_updates)
     _no_leftovers(validation_t, "validation")
 
+    updates_t = _section(data, "updates")
+    u_updates: dict[str, Any] = {}
+    if "trusted_keys" in updates_t:
+        keys = _take(updates_t, "trusted_keys", "updates", (list, str))
+        keys = [keys] if isinstance(keys, str) else keys
+        if not all(isinstance(k, str) for k in keys):
+            raise ConfigError("updates.trusted_keys: expected a list of paths")
+        u_updates["trusted_keys"] = tuple(
+            _path(k, base, "updates.trusted_keys", must_exist=False) for k in keys
+        )
+    if "bandwidth" in updates_t:
+        cap = _take(updates_t, "bandwidth", "updates", (str, int))
+        # "0" (the default) is no cap; "2MB" is two megabytes per second.
+        unlimited = cap in (0, "0", "")
+        u_updates["bandwidth"] = 0 if unlimited else parse_size(cap, "updates.bandwidth")
+    if "partial_retention_hours" in updates_t:
+        u_updates["partial_retention_hours"] = _number(
+            updates_t, "partial_retention_hours", "updates"
+        )
+    updates_cfg = dataclasses.replace(UpdatesConfig(), **u_updates)
+    _no_leftovers(updates_t, "updates")
+
     _no_leftovers(data, "")
     return Config(
+        updates=updates_cfg,
         store=store,
         server=server,
         metrics=metrics,

@@ -14,6 +14,7 @@ from edged.config import Config
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import RequestHistory
 from edged.grpc.server import GrpcServer
+from edged.grpc.updates_service import UpdatesServicer
 from edged.metrics import Metrics
 from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio, PortfolioSettings
@@ -22,6 +23,8 @@ from edged.portfolio.residency import BudgetSettings, ScoringWeights
 from edged.runtime import warm_runtimes
 from edged.runtime.memory import limit_malloc_arenas
 from edged.store.store import ModelStore
+from edged.update.receiver import UpdateReceiver
+from edged.update.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 # APScheduler logs every run of every job at INFO: once a second here.
@@ -74,7 +77,9 @@ class Daemon:
         portfolio.refresh()
         self.metrics.watch(portfolio)
         preloader = self._build_preloader(portfolio)
-        server = GrpcServer(self.config.server, portfolio, self.metrics, self.ready)
+        server = GrpcServer(
+            self.config.server, portfolio, self.metrics, self.ready, self._updates(portfolio)
+        )
         await server.start()
         await server.set_serving(False)
         if self.config.metrics.address:
@@ -131,6 +136,16 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+    def _updates(self, portfolio: Portfolio) -> UpdatesServicer:
+        u = self.config.updates
+        receiver = UpdateReceiver(
+            self.store, TrustedKeys.load(u.trusted_keys), u.partial_retention_hours * 3600.0
+        )
+        receiver.recover()
+        if not receiver.trusted.keys:
+            log.info("updates.trusted_keys is empty: pushed updates will be refused")
+        return UpdatesServicer(receiver, self.metrics, u.bandwidth, portfolio.version_changed)
 
     def _build_preloader(self, portfolio: Portfolio) -> Preloader:
         p = self.config.preload

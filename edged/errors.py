@@ -13,6 +13,10 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAUTHENTICATED = "unauthenticated"
+    ABORTED = "aborted"
+    OUT_OF_RANGE = "out_of_range"
+    DATA_LOSS = "data_loss"
     INTERNAL = "internal"
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Summary,
     start_http_server,
@@ -96,6 +97,26 @@ class Metrics:
             "edged_history_dropped",
             "Request records dropped because the writer fell behind",
             registry=r,
+        )
+        self.update_bytes = Counter(
+            "edged_update_bytes_received",
+            "Bytes of patches and files received by Updates.Push",
+            registry=r,
+        )
+        self.patch_apply_seconds = Histogram(
+            "edged_patch_apply_seconds",
+            "Time to verify and apply one update's files into the store",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180),
+            registry=r,
+        )
+        self.patches_rejected = Counter(
+            "edged_patches_rejected",
+            "Pushed updates refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.updates_in_flight = Gauge(
+            "edged_updates_in_flight", "Updates being received or applied", registry=r
         )
         self.quality_served = Summary(
             "edged_served_quality",

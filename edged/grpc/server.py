@@ -12,11 +12,19 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edged.api import inference_pb2, inference_pb2_grpc, portfolio_pb2, portfolio_pb2_grpc
+from edged.api import (
+    inference_pb2,
+    inference_pb2_grpc,
+    portfolio_pb2,
+    portfolio_pb2_grpc,
+    updates_pb2,
+    updates_pb2_grpc,
+)
 from edged.config import ServerConfig
 from edged.errors import ConfigError
 from edged.grpc.inference import InferenceServicer
 from edged.grpc.portfolio_service import PortfolioServicer
+from edged.grpc.updates_service import UpdatesServicer
 from edged.metrics import Metrics
 from edged.portfolio.portfolio import Portfolio
 
@@ -25,12 +33,18 @@ log = logging.getLogger(__name__)
 SERVICES = (
     inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     portfolio_pb2.DESCRIPTOR.services_by_name["Portfolio"].full_name,
+    updates_pb2.DESCRIPTOR.services_by_name["Updates"].full_name,
 )
 
 
 class GrpcServer:
     def __init__(
-        self, config: ServerConfig, portfolio: Portfolio, metrics: Metrics, ready: list[bool]
+        self,
+        config: ServerConfig,
+        portfolio: Portfolio,
+        metrics: Metrics,
+        ready: list[bool],
+        updates: UpdatesServicer | None = None,
     ) -> None:
         self.config = config
         limit = config.max_message_bytes
@@ -47,6 +61,8 @@ class GrpcServer:
         portfolio_pb2_grpc.add_PortfolioServicer_to_server(
             PortfolioServicer(portfolio), self.server
         )
+        if updates is not None:
+            updates_pb2_grpc.add_UpdatesServicer_to_server(updates, self.server)
         # grpc_health attaches its asyncio servicer at import time; mypy cannot see it.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -64,7 +80,11 @@ class GrpcServer:
                 path.unlink()  # a stale socket from a killed run
             self.server.add_insecure_port(f"unix:{path}")
         if self.config.tcp:
-            port = self.server.add_insecure_port(self.config.tcp)
+            credentials = tls_credentials(self.config)
+            if credentials is None:
+                port = self.server.add_insecure_port(self.config.tcp)
+            else:
+                port = self.server.add_secure_port(self.config.tcp, credentials)
             if port == 0:
                 raise ConfigError(f"server.tcp: cannot listen on {self.config.tcp}")
             self.tcp_port = port
@@ -97,3 +117,17 @@ class GrpcServer:
         if self.config.unix_socket:
             with contextlib.suppress(FileNotFoundError):
                 Path(self.config.unix_socket).unlink()
+
+
+def tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS for the TCP listener when configured; mutual TLS when a client CA is given."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        cert, key = config.tls_cert.read_bytes(), config.tls_key.read_bytes()
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    except OSError as e:
+        raise ConfigError(f"server.tls_*: cannot read {e.filename}: {e.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -175,6 +175,15 @@ class Portfolio:
                     slot.reason = exc.message
                     log.error("model %s: cannot read version %s: %s", name, active, exc.message)
 
+    def version_changed(self, name: str) -> None:
+        """The store's active version of ``name`` moved (a pushed update): requests get it from
+        now on; it loads at once if the old version was resident, so few requests wait."""
+        slot = self.slots.get(name)
+        was_resident = slot is not None and slot.handle is not None
+        self.refresh()
+        if was_resident:
+            self._in_background(self.load(name))
+
     async def load_all(self) -> None:
         """Load every model's active version while the budget allows; the rest load on demand."""
         for name, slot in sorted(self.slots.items()):

@@ -87,6 +87,33 @@ class Warmup:
 
 
 @dataclasses.dataclass(frozen=True)
+class Transfer:
+    """How one variant's file reaches a node in an update (manifest ``update.variants.ID``)."""
+
+    method: str  # "patch" (against base_sha256), "full" (the whole file) or "reuse" (already there)
+    sha256: str = ""  # of what is sent: the patch, or the file itself
+    size: int = 0
+    base_sha256: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSection:
+    """The ``update`` section of a pushed manifest: what it is built on and how files travel."""
+
+    base_version: str
+    activate: str  # "manual" | "immediate"
+    transfers: dict[str, Transfer]  # by variant id
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(t.size for t in self.transfers.values())
+
+
+ACTIVATE = ("manual", "immediate")
+TRANSFER_METHODS = ("patch", "full", "reuse")
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -95,6 +122,7 @@ class Manifest:
     variants: tuple[Variant, ...]
     raw: dict[str, Any]
     warmup: Warmup | None = None
+    update: UpdateSection | None = None
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
@@ -239,7 +267,58 @@ def parse(raw: Any) -> Manifest:
             raise ManifestError(f"variants[{v.id}].id: duplicate variant id")
         seen.add(v.id)
     warmup = _warmup(raw["warmup"]) if "warmup" in raw else None
-    return Manifest(name, version, created, dict(lineage), variants, raw, warmup)
+    update = _update(raw["update"], variants) if "update" in raw else None
+    return Manifest(name, version, created, dict(lineage), variants, raw, warmup, update)
+
+
+def _digest(obj: dict[str, Any], key: str, where: str) -> str:
+    value = _get(obj, key, str, where)
+    if not SHA256_RE.match(value):
+        raise ManifestError(f"{where}{key}: expected 64 lowercase hex digits, got {value!r}")
+    return str(value)
+
+
+def _update(raw: Any, variants: tuple[Variant, ...]) -> UpdateSection:
+    """``{"base_version": "2", "activate": "manual", "variants": {"fp32": {"method": "patch",
+    "base_sha256": ..., "sha256": ..., "size": ...}, "int8": {"method": "full", ...},
+    "f16": {"method": "reuse"}}}``; every variant needs an entry."""
+    if not isinstance(raw, dict):
+        raise ManifestError("update: expected an object")
+    base_version = check_version(_get(raw, "base_version", str, "update."), "update.base_version")
+    activate = raw.get("activate", "manual")
+    if activate not in ACTIVATE:
+        raise ManifestError(f"update.activate: expected one of {ACTIVATE}, got {activate!r}")
+    entries = _get(raw, "variants", dict, "update.")
+    by_id = {v.id: v for v in variants}
+    transfers = {}
+    for vid, entry in entries.items():
+        where = f"update.variants.{vid}."
+        variant = by_id.get(vid)
+        if variant is None:
+            raise ManifestError(f"update.variants.{vid}: the manifest has no variant {vid!r}")
+        if not isinstance(entry, dict):
+            raise ManifestError(f"update.variants.{vid}: expected an object")
+        method = _get(entry, "method", str, where)
+        if method not in TRANSFER_METHODS:
+            raise ManifestError(
+                f"{where}method: expected one of {TRANSFER_METHODS}, got {method!r}"
+            )
+        if method == "reuse":
+            transfers[vid] = Transfer(method)
+            continue
+        digest, size = _digest(entry, "sha256", where), _get(entry, "size", int, where)
+        if size <= 0:
+            raise ManifestError(f"{where}size: must be positive, got {size}")
+        if method == "full" and (digest, size) != (variant.sha256, variant.size):
+            raise ManifestError(
+                f"{where}: a full transfer must match the variant's sha256 and size"
+            )
+        base = _digest(entry, "base_sha256", where) if method == "patch" else ""
+        transfers[vid] = Transfer(method, digest, size, base)
+    missing = sorted(set(by_id) - set(transfers))
+    if missing:
+        raise ManifestError(f"update.variants: no transfer given for {', '.join(missing)}")
+    return UpdateSection(base_version, str(activate), transfers)
 
 
 def loads(data: bytes | str) -> Manifest:

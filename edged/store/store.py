@@ -154,12 +154,7 @@ class ModelStore:
         finally:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
-        version_dir = existing.parent
-        version_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(existing, manifest.to_json())
-        atomic.fsync_dir(version_dir.parent)
-        if activate:
-            self.set_active(manifest.name, manifest.version)
+        self.add_version(manifest, activate=activate)
         log.info(
             "imported %s version %s (%d variants)",
             manifest.name,
@@ -167,6 +162,34 @@ class ModelStore:
             len(manifest.variants),
         )
         return manifest
+
+    def add_version(self, manifest: Manifest, *, activate: bool) -> None:
+        """Register a version whose blobs are all in the store (the last step of an import or
+        an update): manifest first, then, if asked, the active pointer."""
+        for variant in manifest.variants:
+            if not self.blob_path(variant.sha256).is_file():
+                raise StoreError(
+                    f"variants[{variant.id}]: blob {variant.sha256} is not in the store"
+                )
+        path = self.models_dir / manifest.name / manifest.version / "manifest.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, manifest.to_json())
+        atomic.fsync_dir(path.parent.parent)
+        if activate:
+            self.set_active(manifest.name, manifest.version)
+
+    def has_version(self, manifest: Manifest) -> bool:
+        """True when this exact manifest is already registered (versions are immutable)."""
+        path = self.models_dir / manifest.name / manifest.version / "manifest.json"
+        if not path.is_file():
+            return False
+        if loads(path.read_bytes()).raw == manifest.raw:
+            return True
+        raise StoreError(
+            f"model {manifest.name!r} version {manifest.version!r} is already in the store "
+            "with a different manifest; versions are immutable, use a new version",
+            ErrorCode.ALREADY_EXISTS,
+        )
 
     def _stage_variant(self, src_root: Path, variant: Variant) -> Path:
         where = f"variants[{variant.id}].file"

@@ -1,0 +1,140 @@
+"""edged.v1.Updates: resumable, signed pushes from the fleet controller (docs/updates.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from edged.api import updates_pb2 as pb
+from edged.api import updates_pb2_grpc as pb_grpc
+from edged.errors import EdgedError, InvalidInputError
+from edged.grpc.status import mapped_errors
+from edged.metrics import Metrics
+from edged.store.manifest import Manifest
+from edged.update.receiver import FileState, Update, UpdateError, UpdateReceiver, update_id
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Throttle:
+    """Caps the receive rate at ``rate`` bytes per second (0: no cap), by sleeping the stream."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    async def account(self, n: int) -> None:
+        if not self.rate:
+            return
+        self.bytes += n
+        ahead = self.bytes / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+class UpdatesServicer(pb_grpc.UpdatesServicer):
+    def __init__(
+        self,
+        receiver: UpdateReceiver,
+        metrics: Metrics,
+        bandwidth: int,
+        activated: Callable[[str], None],
+    ) -> None:
+        self.receiver = receiver
+        self.metrics = metrics
+        self.bandwidth = bandwidth
+        self.activated = activated  # called with the model name when its active version moved
+
+    @mapped_errors
+    async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], context: Context) -> Any:
+        try:
+            return await self._push(request_iterator)
+        except EdgedError as e:
+            self.metrics.patches_rejected.labels(getattr(e, "reason", "other")).inc()
+            log.warning("push refused: %s", e.message)
+            raise
+
+    async def _push(self, requests: AsyncIterator[pb.PushRequest]) -> pb.PushResponse:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise UpdateError("Push: the first message must be the header", "bad_stream")
+        header = first.header
+        uid = update_id(header.manifest)
+        opened = await asyncio.to_thread(self.receiver.begin, header.manifest, header.signature)
+        if isinstance(opened, Manifest):
+            async for _ in requests:
+                pass  # already applied: drain what the client still sends
+            return _response(uid, opened, self._state(opened), [])
+        update = opened
+        self.metrics.updates_in_flight.inc()
+        try:
+            await self._receive(update, requests)
+            if not update.complete():
+                return _response(uid, update.manifest, "receiving", update.files())
+            started = time.perf_counter()
+            await asyncio.to_thread(update.apply)
+            self.metrics.patch_apply_seconds.observe(time.perf_counter() - started)
+        finally:
+            self.metrics.updates_in_flight.dec()
+            await asyncio.to_thread(self.receiver.end, update)
+        state = self._state(update.manifest)
+        log.info(
+            "update %s: %s version %s %s", uid, update.manifest.name, update.manifest.version, state
+        )
+        if state == "active":
+            self.activated(update.manifest.name)
+        return _response(uid, update.manifest, state, update.files())
+
+    async def _receive(self, update: Update, requests: AsyncIterator[pb.PushRequest]) -> None:
+        throttle = Throttle(self.bandwidth)
+        try:
+            async for message in requests:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidInputError("Push: only chunks may follow the header")
+                chunk = message.chunk
+                await asyncio.to_thread(update.write, chunk.variant, chunk.offset, chunk.data)
+                self.metrics.update_bytes.inc(len(chunk.data))
+                await throttle.account(len(chunk.data))
+        finally:
+            # A dropped link ends the stream: keep what arrived for the next Push.
+            await asyncio.to_thread(update.checkpoint)
+
+    def _state(self, manifest: Manifest) -> str:
+        active = self.receiver.store.active(manifest.name)
+        return "active" if active == manifest.version else "staged"
+
+    @mapped_errors
+    async def Status(self, request: pb.UpdateStatusRequest, context: Context) -> Any:
+        update = await asyncio.to_thread(self.receiver.find, request.update_id)
+        if update is None:
+            return pb.UpdateStatusResponse(update_id=request.update_id, state="unknown")
+        response = pb.UpdateStatusResponse(
+            update_id=update.id,
+            state="receiving",
+            model=update.manifest.name,
+            version=update.manifest.version,
+        )
+        response.files.extend(_progress(update.files()))
+        return response
+
+
+def _progress(files: list[FileState]) -> list[pb.FileProgress]:
+    return [
+        pb.FileProgress(variant=f.variant, method=f.method, held=f.held, size=f.size) for f in files
+    ]
+
+
+def _response(uid: str, manifest: Manifest, state: str, files: list[FileState]) -> pb.PushResponse:
+    response = pb.PushResponse(
+        update_id=uid, model=manifest.name, version=manifest.version, state=state
+    )
+    response.files.extend(_progress(files))
+    return response

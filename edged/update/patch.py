@@ -1,0 +1,535 @@
+"""The patch format: create, apply and inspect binary patches between two versions of a file.
+
+A patch is a list of operations, each producing the next stretch of the target:
+
+- COPY      bytes taken unchanged from the base (unchanged tensors, unchanged headers);
+- ZSTD      a zstd frame compressed with a window of the base as reference (``--patch-from``);
+- XOR/DIFF  a changed float tensor chunk: its bit patterns XORed with (or subtracted from) the
+            base chunk's, split into byte planes, then zstd (see transform.py).
+
+File layout (integers little-endian)::
+
+    b"EDGEPAT1" | u32 header length | header JSON | op table (zstd) | payloads | sha256 trailer
+
+(the trailer is the sha256 of every byte before it).
+
+No operation produces more than ``MAX_OP_BYTES`` of target nor references more than
+``MAX_REF_BYTES`` of base, which bounds memory on both sides whatever the model size. Applying
+checks the trailer, then the base digest, before writing anything; the output goes to a temp
+file whose digest must equal the target's before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from backports import zstd
+
+from edged.errors import ErrorCode, InvalidInputError
+from edged.store import atomic
+from edged.update import transform
+from edged.update.anchors import AnchorIndex
+from edged.update.layout import Layout, Tensor, detect
+
+MAGIC = b"EDGEPAT1"
+FORMAT = 1
+CHUNK = 4 << 20  # target bytes per tensor operation
+SEGMENT = 8 << 20  # target bytes per generic operation
+WINDOW = 32 << 20  # base bytes one generic operation may reference
+ANCHOR_SPACING = 4096
+MAX_OP_BYTES = 64 << 20
+MAX_REF_BYTES = 64 << 20
+MAX_HEADER_BYTES = 1 << 20
+MAX_OPS = 1 << 24
+DEFAULT_LEVEL = 3
+
+COPY, ZSTD, XOR, DIFF = 0, 1, 2, 3
+_KIND_NAMES = {COPY: "copy", ZSTD: "zstd", XOR: "xor", DIFF: "diff"}
+_OP = struct.Struct("<BBxxxxxxQQQQ")  # kind, width, target length, a, b, payload length
+_TRAILER = 32
+_READ = 1 << 20
+
+Progress = Callable[[int], None]
+
+
+class PatchError(InvalidInputError):
+    """A patch that cannot be applied; ``reason`` is a short label for metrics."""
+
+    def __init__(self, message: str, reason: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    kind: int
+    length: int  # target bytes produced
+    a: int = 0  # COPY/XOR/DIFF: base offset; ZSTD: reference offset
+    b: int = 0  # ZSTD: reference length
+    width: int = 1  # XOR/DIFF element width
+    payload: int = 0  # payload bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    base_sha256: str
+    base_size: int
+    target_sha256: str
+    target_size: int
+    layout: str
+    ops: tuple[Op, ...]
+    payload_start: int
+    payload_size: int
+
+    def summary(self) -> dict[str, object]:
+        by_kind: dict[str, dict[str, int]] = {}
+        for op in self.ops:
+            entry = by_kind.setdefault(_KIND_NAMES[op.kind], {"ops": 0, "target": 0, "payload": 0})
+            entry["ops"] += 1
+            entry["target"] += op.length
+            entry["payload"] += op.payload
+        return {
+            "base": {"sha256": self.base_sha256, "size": self.base_size},
+            "target": {"sha256": self.target_sha256, "size": self.target_size},
+            "layout": self.layout,
+            "ops": by_kind,
+            "payload_bytes": self.payload_size,
+        }
+
+
+def sha256_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(_READ):
+            digest.update(chunk)
+            size += len(chunk)
+            if progress:
+                progress(len(chunk))
+    return digest.hexdigest(), size
+
+
+# -- create -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorJob:
+    target: int
+    base: int
+    length: int
+    width: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _GenericJob:
+    target: int
+    length: int
+    ref: tuple[int, int] | None  # a fixed base range, or None: find it by anchors
+
+
+_Job = _TensorJob | _GenericJob
+_Result = list[tuple[Op, bytes]]
+
+
+class _Creator:
+    def __init__(self, base: BinaryIO, target: BinaryIO, level: int, segment: int, window: int):
+        self.base_fd, self.target_fd = base.fileno(), target.fileno()
+        self.base_size = os.fstat(self.base_fd).st_size
+        self.level, self.segment, self.window = level, segment, window
+        self._index: AnchorIndex | None = None
+        self._index_lock = threading.Lock()
+        self._base_file = base
+
+    def index(self) -> AnchorIndex:
+        # Built once, on first need: only large bases and unmatched regions ask for it.
+        with self._index_lock:
+            if self._index is None:
+                self._index = AnchorIndex.build(self._base_file, ANCHOR_SPACING)
+            return self._index
+
+    def jobs(self, base_layout: Layout, target_layout: Layout) -> Iterator[_Job]:
+        if base_layout.kind == "raw" or target_layout.kind == "raw":
+            yield from self._generic(0, target_layout.size, None)
+            return
+        base_by_name = {t.name: t for t in base_layout.tensors}
+        base_gap_before = _gaps_before(base_layout)
+        position = 0
+        for tensor in target_layout.tensors:
+            match = base_by_name.get(tensor.name)
+            if tensor.offset > position:
+                hint = base_gap_before.get(match.name) if match else None
+                yield from self._generic(position, tensor.offset - position, hint)
+            if match and match.length == tensor.length and match.width == tensor.width:
+                yield from self._tensor(tensor, match)
+            else:
+                ref = (match.offset, match.length) if match else None
+                yield from self._generic(tensor.offset, tensor.length, ref)
+            position = tensor.end
+        if position < target_layout.size:
+            tail = base_gap_before.get("")
+            yield from self._generic(position, target_layout.size - position, tail)
+
+    def _tensor(self, tensor: Tensor, match: Tensor) -> Iterator[_Job]:
+        step = CHUNK - CHUNK % tensor.width
+        for start in range(0, tensor.length, step):
+            n = min(step, tensor.length - start)
+            yield _TensorJob(tensor.offset + start, match.offset + start, n, tensor.width)
+
+    def _generic(self, start: int, length: int, hint: tuple[int, int] | None) -> Iterator[_Job]:
+        if hint is not None and hint[1] > self.window:
+            hint = None
+        if hint is None and self.base_size <= self.window:
+            hint = (0, self.base_size)
+        for offset in range(0, length, self.segment):
+            yield _GenericJob(start + offset, min(self.segment, length - offset), hint)
+
+    def run(self, job: _Job) -> _Result:
+        if isinstance(job, _TensorJob):
+            return self._run_tensor(job)
+        return self._run_generic(job)
+
+    def _run_tensor(self, job: _TensorJob) -> _Result:
+        base = os.pread(self.base_fd, job.length, job.base)
+        target = os.pread(self.target_fd, job.length, job.target)
+        if base == target:
+            return [(Op(COPY, job.length, job.base), b"")]
+        candidates: list[tuple[Op, bytes]] = []
+        for kind, name in ((XOR, transform.XOR), (DIFF, transform.DIFF)):
+            if kind == DIFF and job.width == 1:
+                continue  # a byte difference of quantized blocks is no better than XOR
+            planes = transform.forward(name, base, target, job.width)
+            payload = transform.compress(planes, self.level)
+            candidates.append((Op(kind, job.length, job.base, 0, job.width, len(payload)), payload))
+        payload = transform.compress(target, self.level, prefix=base)
+        candidates.append((Op(ZSTD, job.length, job.base, job.length, 1, len(payload)), payload))
+        return [min(candidates, key=lambda c: len(c[1]))]
+
+    def _run_generic(self, job: _GenericJob) -> _Result:
+        target = os.pread(self.target_fd, job.length, job.target)
+        if job.target + job.length <= self.base_size:
+            same_place = os.pread(self.base_fd, job.length, job.target)
+            if same_place == target:
+                return [(Op(COPY, job.length, job.target), b"")]
+        if job.ref is not None:
+            ref_off, ref_len = job.ref
+        else:
+            ref_len = min(self.window, self.base_size)
+            ref_off = self.index().window_for(target, job.target, ref_len, ANCHOR_SPACING)
+        prefix = os.pread(self.base_fd, ref_len, ref_off) if ref_len else b""
+        found = prefix.find(target) if len(target) >= 64 else -1
+        if found >= 0:
+            return [(Op(COPY, job.length, ref_off + found), b"")]
+        payload = transform.compress(target, self.level, prefix=prefix)
+        return [(Op(ZSTD, job.length, ref_off, len(prefix), 1, len(payload)), payload)]
+
+
+def _gaps_before(layout: Layout) -> dict[str, tuple[int, int]]:
+    """Base byte range before each tensor (keyed by its name) and after the last (key "")."""
+    gaps, position = {}, 0
+    for tensor in layout.tensors:
+        gaps[tensor.name] = (position, tensor.offset - position)
+        position = tensor.end
+    gaps[""] = (position, layout.size - position)
+    return gaps
+
+
+def create(
+    base: Path,
+    target: Path,
+    out: Path,
+    *,
+    level: int = DEFAULT_LEVEL,
+    segment: int = SEGMENT,
+    window: int = WINDOW,
+    tensor_aware: bool = True,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> Header:
+    """Write a patch turning ``base`` into ``target`` to ``out`` atomically; returns its header."""
+    if not 0 < segment <= MAX_OP_BYTES or not 0 < window <= MAX_REF_BYTES:
+        raise InvalidInputError(f"segment and window must be between 1 and {MAX_OP_BYTES} bytes")
+    base_sha, base_size = sha256_file(base)
+    target_sha, target_size = sha256_file(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload_tmp = out.with_name(f".{out.name}.payload-{os.getpid()}")
+    ops: list[Op] = []
+    with base.open("rb") as bf, target.open("rb") as tf, payload_tmp.open("w+b") as pf:
+        payload_tmp.unlink()  # anonymous from here on: nothing to clean up after a crash
+        base_layout, target_layout = detect(bf), detect(tf)
+        if not tensor_aware:
+            base_layout = Layout("raw", base_layout.size, ())
+        creator = _Creator(bf, tf, level, segment, window)
+        workers = workers or os.cpu_count() or 1
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending: collections.deque[concurrent.futures.Future[_Result]] = collections.deque()
+
+            def drain_one() -> None:
+                for op, payload in pending.popleft().result():
+                    pf.write(payload)
+                    _append(ops, op)
+                    if progress:
+                        progress(op.length)
+
+            for job in creator.jobs(base_layout, target_layout):
+                pending.append(pool.submit(creator.run, job))
+                if len(pending) >= 2 * workers:  # bounded memory: a few chunks in flight
+                    drain_one()
+            while pending:
+                drain_one()
+        header = Header(
+            base_sha, base_size, target_sha, target_size, target_layout.kind, tuple(ops), 0, 0
+        )
+        _write(out, header, pf)
+    return read_header(out)
+
+
+def _append(ops: list[Op], op: Op) -> None:
+    """Add ``op``, merging it into the previous COPY when the two are contiguous in the base."""
+    if ops and op.kind == COPY:
+        last = ops[-1]
+        if (
+            last.kind == COPY
+            and last.a + last.length == op.a
+            and last.length + op.length <= MAX_OP_BYTES
+        ):
+            ops[-1] = dataclasses.replace(last, length=last.length + op.length)
+            return
+    ops.append(op)
+
+
+def _write(out: Path, header: Header, payloads: BinaryIO) -> None:
+    table = b"".join(_OP.pack(o.kind, o.width, o.length, o.a, o.b, o.payload) for o in header.ops)
+    packed_table = transform.compress(table, 19)
+    meta = json.dumps(
+        {
+            "format": FORMAT,
+            "base": {"sha256": header.base_sha256, "size": header.base_size},
+            "target": {"sha256": header.target_sha256, "size": header.target_size},
+            "layout": header.layout,
+            "ops": len(header.ops),
+            "op_table_bytes": len(packed_table),
+        },
+        separators=(",", ":"),
+    ).encode()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as f:
+
+            def put(data: bytes) -> None:
+                f.write(data)
+                digest.update(data)
+
+            put(MAGIC + struct.pack("<I", len(meta)) + meta + packed_table)
+            payloads.seek(0)
+            while chunk := payloads.read(_READ):
+                put(chunk)
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        atomic.commit(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- read ---------------------------------------------------------------------------------------
+
+
+def read_header(path: Path, *, verify: bool = True) -> Header:
+    """Parse and check a patch's header and op table; with ``verify`` also its trailer digest."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise PatchError(f"patch {path} does not exist", "missing") from None
+    if size < len(MAGIC) + 4 + _TRAILER:
+        raise PatchError(f"{path}: too short to be a patch ({size} bytes)", "truncated")
+    with path.open("rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise PatchError(f"{path}: not an edged patch (bad magic)", "format")
+        if verify:
+            _verify_trailer(f, size, path)
+            f.seek(len(MAGIC))
+        (meta_len,) = struct.unpack("<I", f.read(4))
+        if meta_len > MAX_HEADER_BYTES or 12 + meta_len > size - _TRAILER:
+            raise PatchError(f"{path}: header length {meta_len} is out of range", "corrupt")
+        try:
+            meta = json.loads(f.read(meta_len))
+            base, target = meta["base"], meta["target"]
+            n_ops, table_len = int(meta["ops"]), int(meta["op_table_bytes"])
+            fmt = meta["format"]
+            fields = (str(base["sha256"]), int(base["size"]))
+            target_fields = (str(target["sha256"]), int(target["size"]))
+            layout = str(meta.get("layout", "raw"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise PatchError(f"{path}: unreadable patch header ({e})", "corrupt") from None
+        if fmt != FORMAT:
+            raise PatchError(f"{path}: patch format {fmt!r}, this edged reads {FORMAT}", "format")
+        table_start = 12 + meta_len
+        if not 0 <= n_ops <= MAX_OPS or table_start + table_len > size - _TRAILER:
+            raise PatchError(f"{path}: op table out of range", "corrupt")
+        try:
+            table = transform.decompress(f.read(table_len), n_ops * _OP.size)
+        except (zstd.ZstdError, ValueError) as e:
+            raise PatchError(f"{path}: corrupt op table ({e})", "corrupt") from None
+    ops = tuple(
+        Op(kind, length, a, b, width, payload)
+        for kind, width, length, a, b, payload in _OP.iter_unpack(table)
+    )
+    payload_start = table_start + table_len
+    payload_size = size - _TRAILER - payload_start
+    header = Header(*fields, *target_fields, layout, ops, payload_start, payload_size)
+    _check_ops(header, path)
+    return header
+
+
+def _verify_trailer(f: BinaryIO, size: int, path: Path) -> None:
+    f.seek(0)
+    digest, remaining = hashlib.sha256(), size - _TRAILER
+    while remaining:
+        chunk = f.read(min(_READ, remaining))
+        if not chunk:
+            break
+        digest.update(chunk)
+        remaining -= len(chunk)
+    if digest.digest() != f.read(_TRAILER):
+        raise PatchError(
+            f"{path}: patch checksum mismatch (truncated or corrupted in transit)", "corrupt"
+        )
+
+
+def _check_ops(header: Header, path: Path) -> None:
+    total, payload = 0, 0
+    for i, op in enumerate(header.ops):
+        where = f"{path}: op {i}"
+        if op.kind not in _KIND_NAMES:
+            raise PatchError(f"{where}: unknown kind {op.kind}", "corrupt")
+        if not 0 < op.length <= MAX_OP_BYTES or op.width not in (1, 2, 4, 8):
+            raise PatchError(f"{where}: length or width out of range", "corrupt")
+        if op.kind in (COPY, XOR, DIFF) and op.a + op.length > header.base_size:
+            raise PatchError(f"{where}: reads past the end of the base", "corrupt")
+        if op.kind == ZSTD and (op.b > MAX_REF_BYTES or op.a + op.b > header.base_size):
+            raise PatchError(f"{where}: reference out of range", "corrupt")
+        if op.kind in (XOR, DIFF) and op.length % op.width:
+            raise PatchError(f"{where}: length not a multiple of the element width", "corrupt")
+        if (op.kind == COPY) != (op.payload == 0):
+            raise PatchError(f"{where}: payload length inconsistent with kind", "corrupt")
+        total += op.length
+        payload += op.payload
+    if total != header.target_size:
+        raise PatchError(
+            f"{path}: ops produce {total} bytes, target is {header.target_size}", "corrupt"
+        )
+    if payload != header.payload_size:
+        raise PatchError(
+            f"{path}: ops need {payload} payload bytes, patch holds {header.payload_size}",
+            "corrupt",
+        )
+
+
+# -- apply --------------------------------------------------------------------------------------
+
+
+def check_base(header: Header, base: Path, progress: Progress | None = None) -> None:
+    """Refuse a base the patch was not made for (by size first, then digest)."""
+    try:
+        size = base.stat().st_size
+    except FileNotFoundError:
+        raise PatchError(f"base {base} does not exist", "wrong_base") from None
+    if size != header.base_size:
+        raise PatchError(
+            f"wrong base: the patch needs a {header.base_size}-byte base "
+            f"(sha256 {header.base_sha256[:16]}...), {base} has {size} bytes",
+            "wrong_base",
+        )
+    digest, _ = sha256_file(base, progress)
+    if digest != header.base_sha256:
+        raise PatchError(
+            f"wrong base: the patch needs sha256 {header.base_sha256}, {base} is {digest}",
+            "wrong_base",
+        )
+
+
+def apply_to(
+    header: Header, base: Path, patch: Path, out: BinaryIO, progress: Progress | None = None
+) -> str:
+    """Write the target to ``out`` (an open file) and return its sha256; raises PatchError when
+    the result is not exactly the target. The caller checked the base (``check_base``)."""
+    digest = hashlib.sha256()
+    payload_at = header.payload_start
+    with base.open("rb") as bf, patch.open("rb") as pf:
+        base_fd, patch_fd = bf.fileno(), pf.fileno()
+        for i, op in enumerate(header.ops):
+            payload = os.pread(patch_fd, op.payload, payload_at) if op.payload else b""
+            payload_at += op.payload
+            try:
+                if op.kind == COPY:
+                    _copy(base_fd, op.a, op.length, out, digest)
+                    if progress:
+                        progress(op.length)
+                    continue
+                if op.kind == ZSTD:
+                    prefix = os.pread(base_fd, op.b, op.a) if op.b else b""
+                    data = transform.decompress(payload, op.length, prefix)
+                else:
+                    base_chunk = os.pread(base_fd, op.length, op.a)
+                    planes = transform.decompress(payload, op.length)
+                    name = transform.XOR if op.kind == XOR else transform.DIFF
+                    data = transform.inverse(name, base_chunk, planes, op.width)
+            except (zstd.ZstdError, ValueError) as e:
+                raise PatchError(f"{patch}: op {i} does not decode ({e})", "corrupt") from None
+            out.write(data)
+            digest.update(data)
+            if progress:
+                progress(op.length)
+    result = digest.hexdigest()
+    if result != header.target_sha256:
+        raise PatchError(
+            f"{patch}: result hashes to {result}, the patch promised {header.target_sha256}",
+            "digest_mismatch",
+        )
+    return result
+
+
+def _copy(fd: int, offset: int, length: int, out: BinaryIO, digest: hashlib._Hash) -> None:
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(_READ, end - offset), offset)
+        if not chunk:
+            raise PatchError("base ended early while copying", "wrong_base")
+        out.write(chunk)
+        digest.update(chunk)
+        offset += len(chunk)
+
+
+def apply(
+    base: Path,
+    patch: Path,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+) -> Header:
+    """Apply ``patch`` to ``base`` and write the verified target to ``out`` atomically."""
+    header = read_header(patch)
+    check_base(header, base)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            apply_to(header, base, patch, f, progress)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic.commit(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return header
