@@ -209,8 +209,10 @@ class _Creator:
             planes = transform.forward(name, base, target, job.width)
             payload = transform.compress(planes, self.level)
             candidates.append((Op(kind, job.length, job.base, 0, job.width, len(payload)), payload))
-        payload = transform.compress(target, self.level, prefix=base)
-        candidates.append((Op(ZSTD, job.length, job.base, job.length, 1, len(payload)), payload))
+        if job.length >= transform.MIN_PREFIX:
+            payload = transform.compress(target, self.level, prefix=base)
+            op = Op(ZSTD, job.length, job.base, job.length, 1, len(payload))
+            candidates.append((op, payload))
         return [min(candidates, key=lambda c: len(c[1]))]
 
     def _run_generic(self, job: _GenericJob) -> _Result:
@@ -228,6 +230,8 @@ class _Creator:
         found = prefix.find(target) if len(target) >= 64 else -1
         if found >= 0:
             return [(Op(COPY, job.length, ref_off + found), b"")]
+        if len(prefix) < transform.MIN_PREFIX:
+            prefix, ref_off = b"", 0
         payload = transform.compress(target, self.level, prefix=prefix)
         return [(Op(ZSTD, job.length, ref_off, len(prefix), 1, len(payload)), payload)]
 
@@ -417,7 +421,11 @@ def _check_ops(header: Header, path: Path) -> None:
             raise PatchError(f"{where}: length or width out of range", "corrupt")
         if op.kind in (COPY, XOR, DIFF) and op.a + op.length > header.base_size:
             raise PatchError(f"{where}: reads past the end of the base", "corrupt")
-        if op.kind == ZSTD and (op.b > MAX_REF_BYTES or op.a + op.b > header.base_size):
+        if op.kind == ZSTD and (
+            op.b > MAX_REF_BYTES
+            or op.a + op.b > header.base_size
+            or 0 < op.b < transform.MIN_PREFIX
+        ):
             raise PatchError(f"{where}: reference out of range", "corrupt")
         if op.kind in (XOR, DIFF) and op.length % op.width:
             raise PatchError(f"{where}: length not a multiple of the element width", "corrupt")

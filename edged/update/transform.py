@@ -63,6 +63,7 @@ def inverse(kind: str, base: bytes, planes: bytes, width: int) -> bytes:
 # -- zstd ---------------------------------------------------------------------------------------
 
 _CP = zstd.CompressionParameter
+MIN_PREFIX = 8  # zstd refuses shorter raw dictionaries
 _DECODER_OPTIONS: dict[int, int] = {zstd.DecompressionParameter.window_log_max: 31}
 
 

@@ -1,0 +1,328 @@
+"""The patch engine: round trips on random and structured edits, and refusal of bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edged.update import patch
+from edged.update.layout import detect
+from edged.update.synthetic import finetune
+
+FAST = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def roundtrip(tmp: Path, base: bytes, target: bytes, **options: Any) -> patch.Header:
+    (tmp / "base").write_bytes(base)
+    (tmp / "target").write_bytes(target)
+    header = patch.create(tmp / "base", tmp / "target", tmp / "p", **options)
+    (tmp / "out").unlink(missing_ok=True)
+    patch.apply(tmp / "base", tmp / "p", tmp / "out")
+    assert (tmp / "out").read_bytes() == target
+    return header
+
+
+# -- generic path: random files with inserted, removed and moved regions ----------------------
+
+
+@st.composite
+def edited_pair(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    # Blocks of random bytes and of low-entropy text, so that both match finders get work.
+    blocks = []
+    for _ in range(draw(st.integers(1, 12))):
+        n = draw(st.integers(0, 6000))
+        if rng.random() < 0.5:
+            blocks.append(rng.randbytes(n))
+        else:
+            blocks.append(bytes(rng.choice(b"abcdefgh \n") for _ in range(n)))
+    base = b"".join(blocks)
+    target = bytearray(base)
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["insert", "delete", "move", "replace", "flip"]))
+        at = rng.randrange(len(target) + 1)
+        n = rng.randrange(1, 3000)
+        if kind == "insert":
+            target[at:at] = rng.randbytes(n)
+        elif kind == "delete":
+            del target[at : at + n]
+        elif kind == "move" and target:
+            piece = bytes(target[at : at + n])
+            del target[at : at + n]
+            to = rng.randrange(len(target) + 1)
+            target[to:to] = piece
+        elif kind == "replace":
+            target[at : at + n] = rng.randbytes(min(n, len(target) - at))
+        elif target:
+            target[min(at, len(target) - 1)] ^= 1 << rng.randrange(8)
+    return base, bytes(target)
+
+
+@FAST
+@given(edited_pair())
+def test_random_edits_round_trip(tmp_path: Path, pair: tuple[bytes, bytes]) -> None:
+    base, target = pair
+    roundtrip(tmp_path, base, target)
+
+
+@FAST
+@given(edited_pair())
+def test_random_edits_round_trip_with_tiny_segments_and_windows(
+    tmp_path: Path, pair: tuple[bytes, bytes]
+) -> None:
+    # Windows far smaller than the base make every segment choose its reference by anchors.
+    base, target = pair
+    roundtrip(tmp_path, base, target, segment=2048, window=4096)
+
+
+def test_moved_content_is_found_beyond_the_window(tmp_path: Path) -> None:
+    """A region moved from the end of a large base to the start of the target is still a
+    reference match: the patch is far smaller than the region."""
+    rng = random.Random(7)
+    blocks = [rng.randbytes(64 << 10) for _ in range(16)]  # 1 MiB of incompressible data
+    base = b"".join(blocks)
+    target = blocks[-1] + b"".join(blocks[:-1])
+    header = roundtrip(tmp_path, base, target, segment=64 << 10, window=128 << 10)
+    assert header.payload_size < 64 << 10, header.summary()
+
+
+def test_identical_files_give_a_patch_of_copies(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    header = roundtrip(tmp_path, data, data)
+    assert {op.kind for op in header.ops} == {patch.COPY}
+    assert (tmp_path / "p").stat().st_size < 512  # header, digests and one op: no payload
+
+
+def test_empty_target_and_empty_base(tmp_path: Path) -> None:
+    roundtrip(tmp_path, b"some base", b"")
+    roundtrip(tmp_path, b"", b"a target from nothing" * 100)
+
+
+# -- tensor-aware path ------------------------------------------------------------------------
+
+
+def gguf_file(path: Path, tensors: dict[str, np.ndarray[Any, Any]], note: str = "v1") -> None:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.note", note)
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def onnx_file(path: Path, tensors: dict[str, np.ndarray[Any, Any]], doc: str = "v1") -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(a, name) for name, a in tensors.items()]
+    first = next(iter(tensors))
+    node = helper.make_node("Identity", [first], ["y"])
+    out = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "g", [], [out], initializer=inits)
+    model = helper.make_model(graph, doc_string=doc)
+    path.write_bytes(model.SerializeToString())
+
+
+def random_tensors(rng: np.random.Generator, count: int) -> dict[str, np.ndarray[Any, Any]]:
+    tensors: dict[str, np.ndarray[Any, Any]] = {}
+    for i in range(count):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        dtype = [np.float32, np.float16, np.int32][int(rng.integers(0, 3))]
+        tensors[f"t{i}"] = (rng.standard_normal(shape) * 3).astype(dtype)
+    return tensors
+
+
+def edit_tensors(
+    rng: np.random.Generator, tensors: dict[str, np.ndarray[Any, Any]], edits: list[str]
+) -> dict[str, np.ndarray[Any, Any]]:
+    out = dict(tensors)
+    for edit in edits:
+        names = list(out)
+        name = names[int(rng.integers(0, len(names)))]
+        a = out[name]
+        if edit == "finetune" and a.dtype.kind == "f":
+            out[name] = (a * (1 + 1e-3 * rng.standard_normal(a.shape))).astype(a.dtype)
+        elif edit == "replace":
+            out[name] = rng.standard_normal(a.shape).astype(a.dtype)
+        elif edit == "reshape":
+            out[name] = rng.standard_normal((a.shape[0] + 1, a.shape[1])).astype(a.dtype)
+        elif edit == "add":
+            out[f"new{len(out)}"] = rng.standard_normal((3, 5)).astype(np.float32)
+        elif edit == "remove" and len(out) > 1:
+            del out[name]
+        elif edit == "rename":
+            out[name + "_renamed"] = out.pop(name)
+    return out
+
+
+EDITS = st.lists(
+    st.sampled_from(["finetune", "replace", "reshape", "add", "remove", "rename"]), max_size=5
+)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 8), edits=EDITS, meta=st.booleans())
+def test_gguf_tensor_edits_round_trip(
+    tmp_path: Path, seed: int, count: int, edits: list[str], meta: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    tensors = random_tensors(rng, count)
+    gguf_file(tmp_path / "a.gguf", tensors)
+    gguf_file(tmp_path / "b.gguf", edit_tensors(rng, tensors, edits), "v2" if meta else "v1")
+    with (tmp_path / "b.gguf").open("rb") as f:
+        assert detect(f).kind == "gguf"
+    patch.create(tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "p")
+    patch.apply(tmp_path / "a.gguf", tmp_path / "p", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 8), edits=EDITS, meta=st.booleans())
+def test_onnx_tensor_edits_round_trip(
+    tmp_path: Path, seed: int, count: int, edits: list[str], meta: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    tensors = random_tensors(rng, count)
+    onnx_file(tmp_path / "a.onnx", tensors)
+    onnx_file(tmp_path / "b.onnx", edit_tensors(rng, tensors, edits), "v2" if meta else "v1")
+    with (tmp_path / "b.onnx").open("rb") as f:
+        layout = detect(f)
+    assert layout.kind == "onnx"
+    patch.create(tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "p")
+    patch.apply(tmp_path / "a.onnx", tmp_path / "p", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_onnx_layout_finds_every_initializer_at_its_bytes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    tensors = random_tensors(rng, 5)
+    onnx_file(tmp_path / "m.onnx", tensors)
+    data = (tmp_path / "m.onnx").read_bytes()
+    with (tmp_path / "m.onnx").open("rb") as f:
+        layout = detect(f)
+    assert {t.name for t in layout.tensors} == set(tensors)
+    for t in layout.tensors:
+        assert data[t.offset : t.end] == tensors[t.name].tobytes()
+        assert t.width == {np.dtype(np.float32): 4, np.dtype(np.float16): 2}.get(
+            tensors[t.name].dtype, 1
+        )
+
+
+def test_safetensors_layout(tmp_path: Path) -> None:
+    import json
+
+    a = np.arange(12, dtype=np.float32)
+    b = np.arange(6, dtype=np.int8)
+    header = {
+        "a": {"dtype": "F32", "shape": [12], "data_offsets": [0, 48]},
+        "b": {"dtype": "I8", "shape": [6], "data_offsets": [48, 54]},
+    }
+    head = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head + a.tobytes() + b.tobytes())
+    with path.open("rb") as f:
+        layout = detect(f)
+    assert layout.kind == "safetensors"
+    assert [(t.name, t.length, t.width) for t in layout.tensors] == [("a", 48, 4), ("b", 6, 1)]
+
+
+def test_fine_tune_of_a_real_model_uses_the_float_transforms(tmp_path: Path) -> None:
+    """A full fine-tune of the demo's f16 GGUF: the tensor path is much smaller than the
+    whole-file delta of the same engine, and byte-identical."""
+    from edged.demo import gguf_llama
+
+    gguf_llama(tmp_path / "a.gguf", n_embd=128, n_ff=256)
+    finetune(tmp_path / "a.gguf", tmp_path / "b.gguf", fraction=1.0, relative=1e-3)
+    tensor = roundtrip(
+        tmp_path, (tmp_path / "a.gguf").read_bytes(), (tmp_path / "b.gguf").read_bytes()
+    )
+    tensor_size = (tmp_path / "p").stat().st_size
+    kinds = {op.kind for op in tensor.ops}
+    assert kinds & {patch.XOR, patch.DIFF}, tensor.summary()
+    roundtrip(
+        tmp_path,
+        (tmp_path / "a.gguf").read_bytes(),
+        (tmp_path / "b.gguf").read_bytes(),
+        tensor_aware=False,
+    )
+    generic_size = (tmp_path / "p").stat().st_size
+    assert tensor_size < 0.7 * generic_size
+
+
+# -- refusal ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    tensors = random_tensors(rng, 6)
+    gguf_file(tmp_path / "base", tensors)
+    gguf_file(tmp_path / "target", edit_tensors(rng, tensors, ["finetune", "finetune", "add"]))
+    patch.create(tmp_path / "base", tmp_path / "target", tmp_path / "p")
+    return tmp_path
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_bit_flip_is_refused_and_nothing_written(made: Path, data: st.DataObject) -> None:
+    good = (made / "p").read_bytes()
+    bit = data.draw(st.integers(0, len(good) * 8 - 1))
+    bad = bytearray(good)
+    bad[bit // 8] ^= 1 << (bit % 8)
+    (made / "bad").write_bytes(bytes(bad))
+    with pytest.raises(patch.PatchError):
+        patch.apply(made / "base", made / "bad", made / "out")
+    assert not (made / "out").exists()
+    assert not [p for p in made.iterdir() if ".tmp-" in p.name]
+
+
+def test_truncation_is_refused(made: Path) -> None:
+    good = (made / "p").read_bytes()
+    for n in (0, 7, 20, len(good) // 2, len(good) - 1):
+        (made / "bad").write_bytes(good[:n])
+        with pytest.raises(patch.PatchError) as err:
+            patch.apply(made / "base", made / "bad", made / "out")
+        assert err.value.reason in {"truncated", "corrupt", "format"}
+        assert not (made / "out").exists()
+
+
+def test_wrong_base_is_refused_before_writing(made: Path) -> None:
+    base = (made / "base").read_bytes()
+    (made / "other").write_bytes(base[:-1] + bytes([base[-1] ^ 1]))
+    with pytest.raises(patch.PatchError, match="wrong base") as err:
+        patch.apply(made / "other", made / "p", made / "out")
+    assert err.value.reason == "wrong_base"
+    assert not (made / "out").exists()
+    (made / "short").write_bytes(b"tiny")
+    with pytest.raises(patch.PatchError, match="wrong base"):
+        patch.apply(made / "short", made / "p", made / "out")
+
+
+def test_existing_output_is_untouched_when_apply_fails(made: Path) -> None:
+    (made / "out").write_bytes(b"previous content")
+    (made / "other").write_bytes(b"x" * (made / "base").stat().st_size)
+    with pytest.raises(patch.PatchError):
+        patch.apply(made / "other", made / "p", made / "out")
+    assert (made / "out").read_bytes() == b"previous content"
+
+
+def test_not_a_patch(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"hello world, definitely not a patch" * 3)
+    with pytest.raises(patch.PatchError, match="not an edged patch"):
+        patch.read_header(tmp_path / "x")
