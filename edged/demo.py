@@ -153,7 +153,12 @@ N_EMBD, N_FF, N_LAYER, N_HEAD, N_CTX = 64, 128, 2, 4, 256
 
 
 def gguf_llama(
-    path: Path, seed: int = SEED, n_embd: int = N_EMBD, n_ff: int = N_FF, n_layer: int = N_LAYER
+    path: Path,
+    seed: int = SEED,
+    n_embd: int = N_EMBD,
+    n_ff: int = N_FF,
+    n_layer: int = N_LAYER,
+    name: str = "edged-demo-llama",
 ) -> None:
     """A llama-architecture GGUF with a byte-level vocabulary and random f16 weights.
 
@@ -170,7 +175,7 @@ def gguf_llama(
     ] * 256
 
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("edged-demo-llama")
+    writer.add_name(name)
     writer.add_context_length(N_CTX)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)

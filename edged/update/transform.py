@@ -24,17 +24,29 @@ _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 XOR, DIFF = "xor", "diff"
 
 
+# Plane by plane, not numpy's transposed copy: a strided column copy runs at ~3 GB/s here, the
+# transpose of an (n, 2) array at ~0.6 GB/s.
+
+
 def _to_planes(values: np.ndarray[Any, Any], width: int) -> bytes:
     if width == 1:
-        return values.tobytes()
-    return np.ascontiguousarray(values.view(np.uint8).reshape(-1, width).T).tobytes()
+        return bytes(values.tobytes())
+    columns = values.view(np.uint8).reshape(-1, width)
+    planes = np.empty((width, len(columns)), dtype=np.uint8)
+    for k in range(width):
+        planes[k] = columns[:, k]
+    return bytes(planes.tobytes())
 
 
 def _from_planes(data: bytes, width: int) -> np.ndarray[Any, Any]:
     raw = np.frombuffer(data, dtype=np.uint8)
     if width == 1:
-        return raw
-    return np.ascontiguousarray(raw.reshape(width, -1).T).view(_UINT[width]).reshape(-1)
+        return raw.copy()
+    planes = raw.reshape(width, -1)
+    columns = np.empty((planes.shape[1], width), dtype=np.uint8)
+    for k in range(width):
+        columns[:, k] = planes[k]
+    return columns.view(_UINT[width]).reshape(-1)
 
 
 def forward(kind: str, base: bytes, target: bytes, width: int) -> bytes:
@@ -49,15 +61,20 @@ def forward(kind: str, base: bytes, target: bytes, width: int) -> bytes:
     return _to_planes(zz.view(_UINT[width]), width)
 
 
-def inverse(kind: str, base: bytes, planes: bytes, width: int) -> bytes:
-    """The target bytes from the base bytes and the transform ``forward`` produced."""
+def inverse(kind: str, base: bytes, planes: bytes, width: int) -> memoryview:
+    """The target bytes from the base bytes and the transform ``forward`` produced (a view of a
+    fresh array: written out as is, never copied into a bytes object)."""
     b = np.frombuffer(base, dtype=_UINT[width])
-    v = _from_planes(planes, width)
+    v = _from_planes(planes, width)  # a fresh array: safe to work in place
     if kind == XOR:
-        return bytes(np.bitwise_xor(b, v).tobytes())
-    one = _UINT[width](1)
-    d = (v >> one) ^ (np.zeros_like(v) - (v & one))  # un-zigzag, wrapping
-    return bytes(np.add(b, d).tobytes())
+        np.bitwise_xor(v, b, out=v)
+        return v.view(np.uint8).data
+    sign = v & 1
+    np.negative(sign, out=sign)  # 0 or all ones (unsigned wrap-around)
+    np.right_shift(v, 1, out=v)
+    np.bitwise_xor(v, sign, out=v)  # un-zigzag
+    np.add(v, b, out=v)  # wrapping
+    return v.view(np.uint8).data
 
 
 # -- zstd ---------------------------------------------------------------------------------------
