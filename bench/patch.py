@@ -280,15 +280,17 @@ def summary_line(row: dict[str, Any]) -> str:
     return (
         f"{row['model']:<28} {row['kind']:<9} target {row['target'] / MB:8.2f} MB  "
         f"edged {e['size']:>10} B  best other {best_tool} {others[best_tool]:>10} B  "
-        f"ratio {e['size'] / others[best_tool]:.3f}  create x{row['zstd-19']['create'] / e['create']:.0f}"
-        f" faster than zstd-19  apply {row['target'] / MB / e['apply']:.0f} MB/s"
+        f"ratio {e['size'] / others[best_tool]:.3f}  "
+        f"create x{row['zstd-19']['create'] / e['create']:.0f} faster than zstd-19  "
+        f"apply {row['target'] / MB / e['apply']:.0f} MB/s"
     )
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| pair | update | target MB | edged B | zstd -19 B | bsdiff B | xdelta3 B | edged / best |"
-        " create s: edged / zstd-19 | apply MB/s (1 core) | apply peak RSS MB: edged / zstd / xdelta3 |",
+        "| pair | update | target MB | edged B | zstd -19 B | bsdiff B | xdelta3 B "
+        "| edged / best | create s: edged / zstd-19 | apply MB/s (1 core) "
+        "| apply peak RSS MB: edged / zstd / xdelta3 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -302,7 +304,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{e['size'] / best:.3f} ({e['size'] - best:+d} B) | "
             f"{e['create']:.2f} / {row['zstd-19']['create']:.2f} | "
             f"{row['target'] / MB / e['apply']:.0f} | "
-            f"{e['rss'] / MB:.0f} / {row['zstd-19']['rss'] / MB:.0f} / {row['xdelta3']['rss'] / MB:.0f} |"
+            f"{e['rss'] / MB:.0f} / {row['zstd-19']['rss'] / MB:.0f} / "
+            f"{row['xdelta3']['rss'] / MB:.0f} |"
         )
     return "\n".join(lines)
 

@@ -204,8 +204,8 @@ def gguf_llama(
     for i in range(n_layer):
         p = f"blk.{i}."
         writer.add_tensor(p + "attn_norm.weight", ones(n_embd))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(p + name + ".weight", mat(n_embd, n_embd))
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(p + part + ".weight", mat(n_embd, n_embd))
         writer.add_tensor(p + "ffn_norm.weight", ones(n_embd))
         writer.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
         writer.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
