@@ -52,6 +52,11 @@ def test_budget_forms(text: str | int, total: int, expected: int) -> None:
         ({"server": {"workers": True}}, "server.workers"),
         ({"server": {"unix_socket": "", "tcp": ""}}, "server"),
         ({"metrics": "yes"}, "metrics"),
+        ({"updates": {"trusted_keys": [1]}}, "updates.trusted_keys"),
+        ({"updates": {"bandwidth": "fast"}}, "updates.bandwidth"),
+        ({"updates": {"partial_retention_hours": 0}}, "updates.partial_retention_hours"),
+        ({"updates": {"trusted_key": "x"}}, "updates.trusted_key"),
+        ({"server": {"tls_cert": "/nonexistent.pem", "tls_key": "/x"}}, "server.tls_cert"),
     ],
 )
 def test_bad_config_names_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
@@ -133,3 +138,25 @@ def test_preload_keys() -> None:
 def test_bad_preload_config_names_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config.from_dict(data)
+
+
+def test_updates_section_resolves_paths_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "edged.toml").write_text(
+        '[updates]\ntrusted_keys = ["keys.d", "/etc/edged/ops.pub"]\nbandwidth = "2MB"\n'
+    )
+    cfg = config.load(tmp_path / "edged.toml")
+    assert cfg.updates.trusted_keys == (tmp_path / "keys.d", Path("/etc/edged/ops.pub"))
+    assert cfg.updates.bandwidth == 2_000_000
+    assert config.from_dict({}).updates.bandwidth == 0  # no cap by default
+
+
+def test_tls_needs_both_halves_and_a_tcp_listener(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    ok = config.from_dict({"server": {"tls_cert": str(cert), "tls_key": str(key)}})
+    assert ok.server.tls_cert == cert and ok.server.tls_client_ca is None
+    with pytest.raises(ConfigError, match="set both"):
+        config.from_dict({"server": {"tls_cert": str(cert)}})
+    with pytest.raises(ConfigError, match="server.tcp is empty"):
+        config.from_dict({"server": {"tls_cert": str(cert), "tls_key": str(key), "tcp": ""}})

@@ -311,7 +311,7 @@ def _update(raw: Any, variants: tuple[Variant, ...]) -> UpdateSection:
             raise ManifestError(f"{where}size: must be positive, got {size}")
         if method == "full" and (digest, size) != (variant.sha256, variant.size):
             raise ManifestError(
-                f"{where}: a full transfer must match the variant's sha256 and size"
+                f"{where}sha256: a full transfer must match the variant's sha256 and size"
             )
         base = _digest(entry, "base_sha256", where) if method == "patch" else ""
         transfers[vid] = Transfer(method, digest, size, base)

@@ -104,9 +104,12 @@ class TrustedKeys:
 
     @classmethod
     def load(cls, paths: Iterable[Path]) -> TrustedKeys:
-        """Each path is a ``.pub`` file or a directory of them."""
+        """Each path is a ``.pub`` file or a directory of them; a directory that does not exist
+        holds no keys (a missing key file is an error)."""
         keys: list[Ed25519PublicKey] = []
         for path in paths:
+            if not path.exists() and path.suffix != ".pub":
+                continue
             files = sorted(path.glob("*.pub")) if path.is_dir() else [path]
             keys.extend(load_public(p) for p in files)
         return cls(keys)
