@@ -158,5 +158,5 @@ def test_tls_needs_both_halves_and_a_tcp_listener(tmp_path: Path) -> None:
     assert ok.server.tls_cert == cert and ok.server.tls_client_ca is None
     with pytest.raises(ConfigError, match="set both"):
         config.from_dict({"server": {"tls_cert": str(cert)}})
-    with pytest.raises(ConfigError, match="server.tcp is empty"):
+    with pytest.raises(ConfigError, match=r"server\.tcp is empty"):
         config.from_dict({"server": {"tls_cert": str(cert), "tls_key": str(key), "tcp": ""}})
