@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from edged.demo import gguf_llama, quantize_q8_0  # noqa: E402
 from edged.update import patch  # noqa: E402
 from edged.update.synthetic import finetune  # noqa: E402
@@ -86,13 +88,13 @@ def onnx_metadata_change(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def make_pairs(work: Path, demo: Path, large_layers: int) -> list[dict[str, Any]]:
+def make_pairs(work: Path, demo: Path, large_layers: int, only: str | None) -> list[dict[str, Any]]:
     pairs: list[dict[str, Any]] = []
 
     def add(model: str, kind: str, base: Path, target: Path) -> None:
         pairs.append({"model": model, "kind": kind, "base": base, "target": target})
 
-    for name in ("cnn", "mlp"):
+    for name in ("cnn", "mlp") if not only or only in "demo onnx" else ():
         base = demo / name / "model.fp32.onnx"
         for kind, fraction, rel in (("last10", 0.1, 1e-2), ("full", 1.0, 1e-3)):
             target = work / f"{name}.{kind}.onnx"
@@ -102,16 +104,16 @@ def make_pairs(work: Path, demo: Path, large_layers: int) -> list[dict[str, Any]
         onnx_metadata_change(base, target)
         add(f"demo {name} fp32 onnx", "metadata", base, target)
 
-    sizes = [("demo tinyllama f16 gguf", None, {})]
+    sizes: list[tuple[str, int | None, dict[str, Any]]] = [("demo tinyllama f16 gguf", None, {})]
     sizes.append(("llama f16 gguf 26 MB", 4, {"n_embd": 512, "n_ff": 1408}))
-    sizes.append(
-        (
-            f"llama f16 gguf {large_layers * 25.7:.0f} MB",
-            large_layers,
-            {"n_embd": 1024, "n_ff": 2816},
-        )
-    )
+    # float32 GGUF: the same kind of weights at twice the bytes; a fine-tune moves far more
+    # mantissa bits, which whole-file deltas cannot model.
+    sizes.append(("llama f32 gguf 26 MB", 2, {"n_embd": 512, "n_ff": 1408, "dtype": np.float32}))
+    large = {"n_embd": 1024, "n_ff": 2816}
+    sizes.append((f"llama f16 gguf {large_layers * 25.7:.0f} MB", large_layers, large))
     for label, layers, dims in sizes:
+        if only and only not in label:
+            continue
         stem = work / label.replace(" ", "_")
         if layers is None:
             base = demo / "tinyllama" / "model.f16.gguf"
@@ -124,7 +126,7 @@ def make_pairs(work: Path, demo: Path, large_layers: int) -> list[dict[str, Any]
             add(label, kind, base, target)
         target = stem.with_suffix(".metadata.gguf")
         kwargs = dict(dims, n_layer=layers) if layers else {}
-        gguf_llama(target, name="edged-demo-llama release 2", **kwargs)
+        gguf_llama(target, name="edged-demo-llama release 2", **kwargs)  # type: ignore[arg-type]
         if layers is None:
             # The demo file was built with the default name: rebuild its base beside it.
             base = stem.with_suffix(".base.gguf")
@@ -249,7 +251,7 @@ def main() -> int:
 
         demo = work / "demo"
         build_demo(demo)
-        pairs = make_pairs(work, demo, args.large_layers)
+        pairs = make_pairs(work, demo, args.large_layers, args.only)
         rows = []
         for pair in pairs:
             if args.only and args.only not in pair["model"]:

@@ -159,6 +159,7 @@ def gguf_llama(
     n_ff: int = N_FF,
     n_layer: int = N_LAYER,
     name: str = "edged-demo-llama",
+    dtype: Any = np.float16,
 ) -> None:
     """A llama-architecture GGUF with a byte-level vocabulary and random f16 weights.
 
@@ -184,7 +185,9 @@ def gguf_llama(
     writer.add_head_count_kv(N_HEAD)
     writer.add_rope_dimension_count(n_embd // N_HEAD)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(
+        gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32
+    )
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores([0.0] * n_vocab)
@@ -195,7 +198,7 @@ def gguf_llama(
     writer.add_add_bos_token(True)
 
     def mat(rows: int, cols: int, scale: float = 0.3) -> Any:
-        return (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float16)
+        return (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(dtype)
 
     def ones(n: int) -> Any:
         return np.ones(n, dtype=np.float32)
