@@ -23,12 +23,9 @@ import grpc
 import numpy as np
 import pytest
 
-from edged.api import inference_pb2 as ipb
-from edged.api import inference_pb2_grpc as ipb_grpc
 from edged.api import updates_pb2 as upb
 from edged.api import updates_pb2_grpc as upb_grpc
 from edged.errors import EdgedError
-from edged.grpc import convert
 from edged.store.store import ModelStore
 from edged.update import client, signing
 from edged.update.receiver import update_id
@@ -84,11 +81,17 @@ def start(store: Path, world: dict[str, Any], **overrides: Any) -> DaemonProcess
 
 
 def served_version(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
-        stub = ipb_grpc.GRPCInferenceServiceStub(channel)
-        request = ipb.ModelInferRequest(model_name=MODEL)
-        convert.add_inputs(request, {"input": np.ones((1, 256), np.float32)})
-        return str(stub.ModelInfer(request, timeout=60).model_version)
+    """The version that answers an inference request (tritonclient, as a real client would;
+    it also owns the `inference` protobuf package in this process)."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(url=address)
+    try:
+        data = triton.InferInput("input", [1, 256], "FP32")
+        data.set_data_from_numpy(np.ones((1, 256), np.float32))
+        return str(client.infer(MODEL, [data], client_timeout=60).get_response().model_version)
+    finally:
+        client.close()
 
 
 def store_is_consistent(root: Path) -> None:
