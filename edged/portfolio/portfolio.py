@@ -477,13 +477,15 @@ class Portfolio:
             return
         residents = [r for r in self.residents() if r.model != protect]
         actions = plan(residents, over, self.settings.weights)
-        if actions is None:  # not enough can leave: free what can, cheapest first
-            actions = []
-            seen: set[str] = set()
+        if actions is None:
+            # Not enough can leave: free all that can, one action per model, the one freeing
+            # the most (an eviction, not a downgrade that would leave bytes behind); cheapest
+            # models first.
+            most: dict[str, Action] = {}
             for action in candidate_actions(residents, self.settings.weights):
-                if action.model not in seen:
-                    seen.add(action.model)
-                    actions.append(action)
+                if action.model not in most or action.freed > most[action.model].freed:
+                    most[action.model] = action
+            actions = sorted(most.values(), key=lambda a: a.loss_per_byte)
             log.warning("over budget by %d bytes and not enough may leave (pinned or busy)", over)
         for action in actions:
             if self.accounted() <= self.reading.bytes:
