@@ -61,3 +61,14 @@ class UnavailableError(EdgedError):
 
 class RuntimeLoadError(EdgedError):
     code = ErrorCode.FAILED_PRECONDITION
+
+
+class RejectedError(EdgedError):
+    """Refused input from the outside (a patch, a pushed update, a signature); ``reason`` is a
+    short label for the edged_patches_rejected metric."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, reason: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code)
+        self.reason = reason

@@ -26,6 +26,7 @@ def roundtrip(tmp: Path, base: bytes, target: bytes, **options: Any) -> patch.He
     (tmp / "base").write_bytes(base)
     (tmp / "target").write_bytes(target)
     header = patch.create(tmp / "base", tmp / "target", tmp / "p", **options)
+    assert header == patch.read_header(tmp / "p")
     (tmp / "out").unlink(missing_ok=True)
     patch.apply(tmp / "base", tmp / "p", tmp / "out")
     assert (tmp / "out").read_bytes() == target
@@ -174,37 +175,25 @@ EDITS = st.lists(
 )
 
 
+WRITERS = {"gguf": gguf_file, "onnx": onnx_file}
+
+
+@pytest.mark.parametrize("kind", sorted(WRITERS))
 @FAST
 @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 8), edits=EDITS, meta=st.booleans())
-def test_gguf_tensor_edits_round_trip(
-    tmp_path: Path, seed: int, count: int, edits: list[str], meta: bool
+def test_tensor_edits_round_trip(
+    tmp_path: Path, kind: str, seed: int, count: int, edits: list[str], meta: bool
 ) -> None:
     rng = np.random.default_rng(seed)
     tensors = random_tensors(rng, count)
-    gguf_file(tmp_path / "a.gguf", tensors)
-    gguf_file(tmp_path / "b.gguf", edit_tensors(rng, tensors, edits), "v2" if meta else "v1")
-    with (tmp_path / "b.gguf").open("rb") as f:
-        assert detect(f).kind == "gguf"
-    patch.create(tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "p")
-    patch.apply(tmp_path / "a.gguf", tmp_path / "p", tmp_path / "out")
-    assert (tmp_path / "out").read_bytes() == (tmp_path / "b.gguf").read_bytes()
-
-
-@FAST
-@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 8), edits=EDITS, meta=st.booleans())
-def test_onnx_tensor_edits_round_trip(
-    tmp_path: Path, seed: int, count: int, edits: list[str], meta: bool
-) -> None:
-    rng = np.random.default_rng(seed)
-    tensors = random_tensors(rng, count)
-    onnx_file(tmp_path / "a.onnx", tensors)
-    onnx_file(tmp_path / "b.onnx", edit_tensors(rng, tensors, edits), "v2" if meta else "v1")
-    with (tmp_path / "b.onnx").open("rb") as f:
-        layout = detect(f)
-    assert layout.kind == "onnx"
-    patch.create(tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "p")
-    patch.apply(tmp_path / "a.onnx", tmp_path / "p", tmp_path / "out")
-    assert (tmp_path / "out").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    base, target = tmp_path / f"a.{kind}", tmp_path / f"b.{kind}"
+    WRITERS[kind](base, tensors)
+    WRITERS[kind](target, edit_tensors(rng, tensors, edits), "v2" if meta else "v1")
+    with target.open("rb") as f:
+        assert detect(f).kind == kind
+    patch.create(base, target, tmp_path / "p")
+    patch.apply(base, tmp_path / "p", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == target.read_bytes()
 
 
 def test_onnx_layout_finds_every_initializer_at_its_bytes(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from edged.grpc import convert
 from edged.grpc.status import mapped_errors
 from edged.metrics import Metrics
 from edged.portfolio.portfolio import Portfolio
-from edged.runtime.base import TensorSpec
+from edged.runtime.base import Array, GenerationParams, TensorSpec
 from edged.runtime.probe import ProbeResult
 from edged.store.store import version_key
 
@@ -105,20 +105,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             inputs = convert.decode_inputs(request)
             params, _ = convert.generation_params(request.parameters)
-            handle, outputs, cold = await self.dataplane.infer(
-                request.model_name,
-                request.model_version,
-                inputs,
-                convert.requested_outputs(request),
-                params,
-            )
-            response = convert.infer_response(
-                request, handle.version, handle.variant.id, outputs, cold
-            )
+            response = await self._infer(request, inputs, params)
             ok = True
             return response
         finally:
             self._observe(request.model_name, ok, start)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, inputs: dict[str, Array], params: GenerationParams
+    ) -> pb.ModelInferResponse:
+        """One whole (non-streaming) inference, as a KServe v2 response."""
+        handle, outputs, cold = await self.dataplane.infer(
+            request.model_name,
+            request.model_version,
+            inputs,
+            convert.requested_outputs(request),
+            params,
+        )
+        return convert.infer_response(request, handle.version, handle.variant.id, outputs, cold)
 
     def _observe(self, model: str, ok: bool, start_ns: int) -> None:
         slot = self.portfolio.slots.get(model)
@@ -167,17 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             slot = self.portfolio.slot(request.model_name)
             generative = (await self.portfolio.ensure_ready(slot)).runtime.generative
         if not generative:
-            handle, outputs, cold = await self.dataplane.infer(
-                request.model_name,
-                request.model_version,
-                inputs,
-                convert.requested_outputs(request),
-                params,
-            )
-            response = convert.infer_response(
-                request, handle.version, handle.variant.id, outputs, cold
-            )
-            yield _stream_response(response, final=True)
+            yield _stream_response(await self._infer(request, inputs, params), final=True)
             return
         handle, chunks = await self.dataplane.generate(
             request.model_name, request.model_version, inputs, params

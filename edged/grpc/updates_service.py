@@ -12,7 +12,7 @@ import grpc
 
 from edged.api import updates_pb2 as pb
 from edged.api import updates_pb2_grpc as pb_grpc
-from edged.errors import EdgedError, InvalidInputError
+from edged.errors import EdgedError, RejectedError
 from edged.grpc.status import mapped_errors
 from edged.metrics import Metrics
 from edged.store.manifest import Manifest
@@ -58,7 +58,8 @@ class UpdatesServicer(pb_grpc.UpdatesServicer):
         try:
             return await self._push(request_iterator)
         except EdgedError as e:
-            self.metrics.patches_rejected.labels(getattr(e, "reason", "other")).inc()
+            reason = e.reason if isinstance(e, RejectedError) else "other"
+            self.metrics.patches_rejected.labels(reason).inc()
             log.warning("push refused: %s", e.message)
             raise
 
@@ -94,18 +95,16 @@ class UpdatesServicer(pb_grpc.UpdatesServicer):
         return _response(uid, update.manifest, state, update.files())
 
     async def _receive(self, update: Update, requests: AsyncIterator[pb.PushRequest]) -> None:
+        # A dropped link ends the stream early; receiver.end (in _push) makes what arrived
+        # durable for the next Push.
         throttle = Throttle(self.bandwidth)
-        try:
-            async for message in requests:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInputError("Push: only chunks may follow the header")
-                chunk = message.chunk
-                await asyncio.to_thread(update.write, chunk.variant, chunk.offset, chunk.data)
-                self.metrics.update_bytes.inc(len(chunk.data))
-                await throttle.account(len(chunk.data))
-        finally:
-            # A dropped link ends the stream: keep what arrived for the next Push.
-            await asyncio.to_thread(update.checkpoint)
+        async for message in requests:
+            if message.WhichOneof("part") != "chunk":
+                raise UpdateError("Push: only chunks may follow the header", "bad_stream")
+            chunk = message.chunk
+            await asyncio.to_thread(update.write, chunk.variant, chunk.offset, chunk.data)
+            self.metrics.update_bytes.inc(len(chunk.data))
+            await throttle.account(len(chunk.data))
 
     def _state(self, manifest: Manifest) -> str:
         active = self.receiver.store.active(manifest.name)

@@ -129,18 +129,11 @@ class ModelStore:
             manifest = loads((src_root / "manifest.json").read_bytes())
         except FileNotFoundError:
             raise ManifestError(f"{src}: no manifest.json in this directory") from None
-        existing = self.models_dir / manifest.name / manifest.version / "manifest.json"
-        if existing.is_file():
-            if loads(existing.read_bytes()).raw == manifest.raw:
-                log.info("%s version %s is already in the store", manifest.name, manifest.version)
-                if activate:
-                    self.set_active(manifest.name, manifest.version)
-                return manifest
-            raise StoreError(
-                f"model {manifest.name!r} version {manifest.version!r} is already in the store "
-                "with a different manifest; versions are immutable, use a new version",
-                ErrorCode.ALREADY_EXISTS,
-            )
+        if self.has_version(manifest):
+            log.info("%s version %s is already in the store", manifest.name, manifest.version)
+            if activate:
+                self.set_active(manifest.name, manifest.version)
+            return manifest
         staged: list[tuple[Path, Variant]] = []
         try:
             for variant in manifest.variants:

@@ -9,6 +9,7 @@ nothing (the file did not change); then the new manifest with its ``update`` sec
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import time
@@ -153,31 +154,26 @@ def push(
     uid = update_id(manifest)
     stub = pb_grpc.UpdatesStub(channel)
     total = sum(f.transfer.size for f in files)
-    attempt = 0
-    while True:
+    header = pb.PushRequest(header=pb.PushHeader(manifest=manifest, signature=signature))
+    retriable = {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(30.0, 0.5 * 2**attempt))
         try:
             status = stub.Status(pb.UpdateStatusRequest(update_id=uid), timeout=30)
             held = {f.variant: f.held for f in status.files}
             bar = progress(total, sum(held.values())) if progress else None
-
-            def requests(held: dict[str, int] = held, bar: Any = bar) -> Iterator[Any]:
-                yield pb.PushRequest(header=pb.PushHeader(manifest=manifest, signature=signature))
-                yield from _chunks(files, held, bar)
-
-            response = stub.Push(requests(), timeout=timeout)
+            chunks = _chunks(files, held, bar)
+            response = stub.Push(itertools.chain([header], chunks), timeout=timeout)
             if response.state != "receiving":
                 return response
         except grpc.RpcError as e:
-            retriable = e.code() in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.CANCELLED,
-                grpc.StatusCode.ABORTED,
-                grpc.StatusCode.OUT_OF_RANGE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-            )
-            if not retriable or attempt >= retries:
+            if e.code() not in retriable or attempt == retries:
                 raise
-        attempt += 1
-        if attempt > retries:
-            raise EdgedError(f"update {uid}: still incomplete after {retries} retries")
-        time.sleep(min(30.0, 0.5 * 2**attempt))
+    raise EdgedError(f"update {uid}: still incomplete after {retries} retries")

@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from backports import zstd
 
-from edged.errors import ErrorCode, InvalidInputError
+from edged.errors import InvalidInputError, RejectedError
 from edged.store import atomic
 from edged.update import transform
 from edged.update.anchors import AnchorIndex
@@ -64,12 +64,8 @@ _READ = 1 << 20
 Progress = Callable[[int], None]
 
 
-class PatchError(InvalidInputError):
-    """A patch that cannot be applied; ``reason`` is a short label for metrics."""
-
-    def __init__(self, message: str, reason: str, code: ErrorCode | None = None) -> None:
-        super().__init__(message, code)
-        self.reason = reason
+class PatchError(RejectedError):
+    """A patch that cannot be applied."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +105,34 @@ class Header:
         }
 
 
+def _stream(
+    fd: int,
+    offset: int,
+    length: int,
+    digest: hashlib._Hash,
+    out: BinaryIO | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Hash (and copy to ``out``) ``length`` bytes of ``fd`` from ``offset`` in bounded reads;
+    returns how many there were (fewer when the file ends first)."""
+    position, end = offset, offset + length
+    while position < end:
+        chunk = os.pread(fd, min(_READ, end - position), position)
+        if not chunk:
+            break
+        digest.update(chunk)
+        if out is not None:
+            out.write(chunk)
+        if progress:
+            progress(len(chunk))
+        position += len(chunk)
+    return position - offset
+
+
 def sha256_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
+    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_READ):
-            digest.update(chunk)
-            size += len(chunk)
-            if progress:
-                progress(len(chunk))
+        size = _stream(f.fileno(), 0, os.fstat(f.fileno()).st_size, digest, progress=progress)
     return digest.hexdigest(), size
 
 
@@ -295,8 +311,7 @@ def create(
         header = Header(
             base_sha, base_size, target_sha, target_size, target_layout.kind, tuple(ops), 0, 0
         )
-        _write(out, header, pf)
-    return read_header(out)
+        return _write(out, header, pf)
 
 
 def _append(ops: list[Op], op: Op) -> None:
@@ -313,7 +328,8 @@ def _append(ops: list[Op], op: Op) -> None:
     ops.append(op)
 
 
-def _write(out: Path, header: Header, payloads: BinaryIO) -> None:
+def _write(out: Path, header: Header, payloads: BinaryIO) -> Header:
+    """Write the patch file atomically; returns ``header`` with where its payloads are."""
     table = b"".join(_OP.pack(o.kind, o.width, o.length, o.a, o.b, o.payload) for o in header.ops)
     packed_table = transform.compress(table, 19)
     meta = json.dumps(
@@ -327,19 +343,15 @@ def _write(out: Path, header: Header, payloads: BinaryIO) -> None:
         },
         separators=(",", ":"),
     ).encode()
+    head = MAGIC + struct.pack("<I", len(meta)) + meta + packed_table
+    payload_size = sum(op.payload for op in header.ops)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(head)
     try:
         with tmp.open("wb") as f:
-
-            def put(data: bytes) -> None:
-                f.write(data)
-                digest.update(data)
-
-            put(MAGIC + struct.pack("<I", len(meta)) + meta + packed_table)
-            payloads.seek(0)
-            while chunk := payloads.read(_READ):
-                put(chunk)
+            f.write(head)
+            payloads.flush()
+            _stream(payloads.fileno(), 0, payload_size, digest, f)
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
@@ -347,6 +359,7 @@ def _write(out: Path, header: Header, payloads: BinaryIO) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return dataclasses.replace(header, payload_start=len(head), payload_size=payload_size)
 
 
 # -- read ---------------------------------------------------------------------------------------
@@ -365,7 +378,6 @@ def read_header(path: Path, *, verify: bool = True) -> Header:
             raise PatchError(f"{path}: not an edged patch (bad magic)", "format")
         if verify:
             _verify_trailer(f, size, path)
-            f.seek(len(MAGIC))
         (meta_len,) = struct.unpack("<I", f.read(4))
         if meta_len > MAX_HEADER_BYTES or 12 + meta_len > size - _TRAILER:
             raise PatchError(f"{path}: header length {meta_len} is out of range", "corrupt")
@@ -400,15 +412,9 @@ def read_header(path: Path, *, verify: bool = True) -> Header:
 
 
 def _verify_trailer(f: BinaryIO, size: int, path: Path) -> None:
-    f.seek(0)
-    digest, remaining = hashlib.sha256(), size - _TRAILER
-    while remaining:
-        chunk = f.read(min(_READ, remaining))
-        if not chunk:
-            break
-        digest.update(chunk)
-        remaining -= len(chunk)
-    if digest.digest() != f.read(_TRAILER):
+    digest = hashlib.sha256()
+    _stream(f.fileno(), 0, size - _TRAILER, digest)
+    if digest.digest() != os.pread(f.fileno(), _TRAILER, size - _TRAILER):
         raise PatchError(
             f"{path}: patch checksum mismatch (truncated or corrupted in transit)", "corrupt"
         )
@@ -484,7 +490,8 @@ def apply_to(
             payload_at += op.payload
             try:
                 if op.kind == COPY:
-                    _copy(base_fd, op.a, op.length, out, digest)
+                    if _stream(base_fd, op.a, op.length, digest, out) != op.length:
+                        raise PatchError("base ended early while copying", "wrong_base")
                     if progress:
                         progress(op.length)
                     continue
@@ -510,17 +517,6 @@ def apply_to(
             "digest_mismatch",
         )
     return result
-
-
-def _copy(fd: int, offset: int, length: int, out: BinaryIO, digest: hashlib._Hash) -> None:
-    end = offset + length
-    while offset < end:
-        chunk = os.pread(fd, min(_READ, end - offset), offset)
-        if not chunk:
-            raise PatchError("base ended early while copying", "wrong_base")
-        out.write(chunk)
-        digest.update(chunk)
-        offset += len(chunk)
 
 
 def apply(

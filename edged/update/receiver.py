@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from edged.errors import EdgedError, ErrorCode, ManifestError, StoreError
+from edged.errors import EdgedError, ErrorCode, ManifestError, RejectedError, StoreError
 from edged.store import atomic
 from edged.store.manifest import Manifest, Transfer, loads
 from edged.store.store import ModelStore
@@ -42,12 +42,8 @@ CHECKPOINT_BYTES = 8 << 20  # fsync and record progress at least this often
 ID_HEX = 32
 
 
-class UpdateError(EdgedError):
-    """A refused update; ``reason`` labels the edged_patches_rejected metric."""
-
-    def __init__(self, message: str, reason: str, code: ErrorCode | None = None) -> None:
-        super().__init__(message, code)
-        self.reason = reason
+class UpdateError(RejectedError):
+    """A refused update."""
 
 
 def update_id(manifest: bytes) -> str:

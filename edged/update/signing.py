@@ -19,21 +19,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edged.errors import EdgedError, ErrorCode
+from edged.errors import EdgedError, ErrorCode, RejectedError
 from edged.store import atomic
 
 ALGORITHM = "ed25519"
 MAX_SIGNATURE_BYTES = 4096
 
 
-class SignatureError(EdgedError):
+class SignatureError(RejectedError):
     """A manifest whose signature is missing, malformed, by an unknown key, or wrong."""
 
     code = ErrorCode.UNAUTHENTICATED
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def key_id(public: Ed25519PublicKey) -> str:

@@ -93,21 +93,19 @@ def compress(data: bytes, level: int, prefix: bytes = b"") -> bytes:
         span = len(prefix) + len(data)
         options[_CP.window_log] = max(10, min(31, (span - 1).bit_length()))
         options[_CP.enable_long_distance_matching] = 1
-        ref = zstd.ZstdDict(prefix, is_raw=True).as_prefix
-        return zstd.ZstdCompressor(options=options, zstd_dict=ref).compress(
-            data, zstd.ZstdCompressor.FLUSH_FRAME
-        )
-    return zstd.ZstdCompressor(options=options).compress(data, zstd.ZstdCompressor.FLUSH_FRAME)
+    encoder = zstd.ZstdCompressor(options=options, zstd_dict=_reference(prefix))
+    return encoder.compress(data, zstd.ZstdCompressor.FLUSH_FRAME)
+
+
+def _reference(prefix: bytes) -> Any:
+    """The base bytes as a raw prefix (ZSTD_CCtx_refPrefix), or None without one."""
+    return zstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix else None
 
 
 def decompress(frame: bytes, expected: int, prefix: bytes = b"") -> bytes:
     """Decode one frame; raises ``zstd.ZstdError`` or ``ValueError`` on anything but ``expected``
     bytes of intact content."""
-    if prefix:
-        ref = zstd.ZstdDict(prefix, is_raw=True).as_prefix
-        decoder = zstd.ZstdDecompressor(zstd_dict=ref, options=_DECODER_OPTIONS)
-    else:
-        decoder = zstd.ZstdDecompressor(options=_DECODER_OPTIONS)
+    decoder = zstd.ZstdDecompressor(zstd_dict=_reference(prefix), options=_DECODER_OPTIONS)
     out = decoder.decompress(frame, max_length=expected + 1)
     if len(out) != expected or not decoder.eof or decoder.unused_data:
         raise ValueError(f"frame decodes to {len(out)} bytes, expected {expected}")
