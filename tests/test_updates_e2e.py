@@ -31,7 +31,7 @@ from edged.update import client, signing
 from edged.update.receiver import update_id
 from edged.update.synthetic import finetune
 from tests.certs import make_pki
-from tests.daemon import DaemonProcess, free_port, scrape
+from tests.daemon import DaemonProcess, free_port, scrape, wait_for
 from tests.portfolios import mlp_family
 
 pytestmark = pytest.mark.e2e
@@ -222,6 +222,10 @@ def test_bad_pushes_are_refused_and_nothing_is_written(
     store_is_consistent(store)
 
 
+def received_bytes(metrics_port: int) -> float:
+    return scrape(metrics_port).get("edged_update_bytes_received_total", 0.0)
+
+
 def test_a_dropped_push_resumes_where_it_stopped(world: dict[str, Any], tmp_path: Path) -> None:
     metrics_port = free_port()
     daemon = start(
@@ -236,35 +240,49 @@ def test_a_dropped_push_resumes_where_it_stopped(world: dict[str, Any], tmp_path
         with grpc.insecure_channel(daemon.tcp_url) as channel:
             stub = upb_grpc.UpdatesStub(channel)
             sent = threading.Event()
+            before_drop = [0]  # bytes sent before the link drops
 
             def half() -> Iterator[upb.PushRequest]:
                 header = upb.PushHeader(
                     manifest=manifest, signature=(update / "manifest.json.sig").read_bytes()
                 )
                 yield upb.PushRequest(header=header)
-                for i, chunk in enumerate(client._chunks(files, {}, None)):
-                    if i * client.CHUNK_BYTES >= total // 2:
+                for chunk in client._chunks(files, {}, None):
+                    if before_drop[0] >= total // 2:
                         sent.set()
                         time.sleep(30)  # the link "drops": the call is cancelled meanwhile
+                    before_drop[0] += len(chunk.chunk.data)
                     yield chunk
+
+            def status_held() -> int:
+                status = stub.Status(upb.UpdateStatusRequest(update_id=uid), timeout=10)
+                assert status.state == "receiving"
+                return int({f.variant: f.held for f in status.files}["fp32"])
 
             call = stub.Push.future(half(), timeout=60)
             assert sent.wait(30)
-            time.sleep(0.5)
+            wait_for(
+                lambda: received_bytes(metrics_port) == before_drop[0],
+                what="the node to receive every byte sent before the drop",
+            )
             call.cancel()
-            time.sleep(0.5)
-            status = stub.Status(upb.UpdateStatusRequest(update_id=uid), timeout=10)
-        held = {f.variant: f.held for f in status.files}
-        assert status.state == "receiving"
-        assert total // 4 <= held["fp32"] < total
+            # The node notices the drop on its own time, then makes what it received durable;
+            # Status counts only durable (fsynced) bytes.
+            wait_for(lambda: status_held() == before_drop[0], what="Status to count them held")
+        held = before_drop[0]
+        assert total // 4 <= held < total
+        # The dropped Push gave its model back: nothing is left in flight to refuse the next one.
+        assert scrape(metrics_port)["edged_updates_in_flight"] == 0
         # The daemon restarts in between: what it held survives.
         daemon.stop()
         daemon.start()
+        with grpc.insecure_channel(daemon.tcp_url) as channel:
+            stub = upb_grpc.UpdatesStub(channel)
+            assert status_held() == held
         result = push(daemon.tcp_url, update)
         assert result.state == "active"
         assert served_version(daemon.unix_url) == "2"
-        received = scrape(metrics_port)["edged_update_bytes_received_total"]
-        assert received == total - held["fp32"], "the second push re-sent held bytes"
+        assert received_bytes(metrics_port) == total - held, "the second push re-sent held bytes"
     finally:
         daemon.stop()
     store_is_consistent(daemon.store)

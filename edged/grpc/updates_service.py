@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -20,6 +20,7 @@ from edged.update.receiver import FileState, Update, UpdateError, UpdateReceiver
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -69,7 +70,15 @@ class UpdatesServicer(pb_grpc.UpdatesServicer):
             raise UpdateError("Push: the first message must be the header", "bad_stream")
         header = first.header
         uid = update_id(header.manifest)
-        opened = await asyncio.to_thread(self.receiver.begin, header.manifest, header.signature)
+        begin = asyncio.ensure_future(
+            asyncio.to_thread(self.receiver.begin, header.manifest, header.signature)
+        )
+        try:
+            opened = await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            # The client left while its header was checked: give the model back once it is held.
+            begin.add_done_callback(self._release_when_opened)
+            raise
         if isinstance(opened, Manifest):
             async for _ in requests:
                 pass  # already applied: drain what the client still sends
@@ -78,14 +87,11 @@ class UpdatesServicer(pb_grpc.UpdatesServicer):
         self.metrics.updates_in_flight.inc()
         try:
             await self._receive(update, requests)
-            if not update.complete():
-                return _response(uid, update.manifest, "receiving", update.files())
-            started = time.perf_counter()
-            await asyncio.to_thread(update.apply)
-            self.metrics.patch_apply_seconds.observe(time.perf_counter() - started)
-        finally:
-            self.metrics.updates_in_flight.dec()
-            await asyncio.to_thread(self.receiver.end, update)
+        except BaseException:
+            await _to_thread_uncancelled(self._finish, update, False)
+            raise
+        if not await _to_thread_uncancelled(self._finish, update, True):
+            return _response(uid, update.manifest, "receiving", update.files())
         state = self._state(update.manifest)
         log.info(
             "update %s: %s version %s %s", uid, update.manifest.name, update.manifest.version, state
@@ -93,6 +99,27 @@ class UpdatesServicer(pb_grpc.UpdatesServicer):
         if state == "active":
             self.activated(update.manifest.name)
         return _response(uid, update.manifest, state, update.files())
+
+    def _finish(self, update: Update, apply: bool) -> bool:
+        """Apply the update if asked and complete, then release its model; True when applied.
+        Runs to the end even when the client leaves meanwhile: a skipped release would leave the
+        model busy and the bytes received not durable."""
+        try:
+            if not (apply and update.complete()):
+                return False
+            started = time.perf_counter()
+            update.apply()
+            self.metrics.patch_apply_seconds.observe(time.perf_counter() - started)
+            return True
+        finally:
+            self.metrics.updates_in_flight.dec()
+            self.receiver.end(update)
+
+    def _release_when_opened(self, begin: asyncio.Future[Update | Manifest]) -> None:
+        if not begin.cancelled() and begin.exception() is None:
+            opened = begin.result()
+            if isinstance(opened, Update):
+                asyncio.get_running_loop().run_in_executor(None, self.receiver.end, opened)
 
     async def _receive(self, update: Update, requests: AsyncIterator[pb.PushRequest]) -> None:
         # A dropped link ends the stream early; receiver.end (in _push) makes what arrived
@@ -123,6 +150,11 @@ class UpdatesServicer(pb_grpc.UpdatesServicer):
         )
         response.files.extend(_progress(update.files()))
         return response
+
+
+async def _to_thread_uncancelled(fn: Callable[..., T], *args: Any) -> T:
+    """Run fn in a worker thread; cancelling the caller does not stop or skip it."""
+    return await asyncio.shield(asyncio.to_thread(fn, *args))
 
 
 def _progress(files: list[FileState]) -> list[pb.FileProgress]:

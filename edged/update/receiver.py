@@ -76,7 +76,8 @@ class Update:
         self.id = directory.name
         self.manifest = manifest
         self.section = manifest.update
-        self._held = self._read_progress(repair)
+        self._held = self._read_progress(repair)  # received: where the next chunk starts
+        self._durable = dict(self._held)  # fsynced and recorded: what a resume may count on
         self._fds: dict[str, int] = {}
         self._unsynced = 0
 
@@ -103,7 +104,7 @@ class Update:
 
     def files(self) -> list[FileState]:
         return [
-            FileState(vid, t.method, self._held.get(vid, 0), t.size)
+            FileState(vid, t.method, self._durable.get(vid, 0), t.size)
             for vid, t in sorted(self.section.transfers.items())
         ]
 
@@ -115,6 +116,7 @@ class Update:
         for fd in self._fds.values():
             os.fsync(fd)
         atomic.write_text(self.dir / "progress.json", json.dumps(self._held, sort_keys=True))
+        self._durable = dict(self._held)
         self._unsynced = 0
 
     def close(self) -> None:
