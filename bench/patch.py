@@ -239,6 +239,7 @@ def main() -> int:
     parser.add_argument("--large-layers", type=int, default=8, help="8 layers: 205 MB")
     parser.add_argument("--bsdiff-max-mb", type=float, default=64.0)
     parser.add_argument("--only", help="substring of the model label to run")
+    parser.add_argument("--kinds", nargs="+", help="update kinds to run (last10 full metadata q8)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "patch.json"))
     args = parser.parse_args()
     missing = [t for t in ("zstd", "bsdiff", "xdelta3") if shutil.which(t) is None]
@@ -255,6 +256,8 @@ def main() -> int:
         rows = []
         for pair in pairs:
             if args.only and args.only not in pair["model"]:
+                continue
+            if args.kinds and pair["kind"] not in args.kinds:
                 continue
             size = pair["target"].stat().st_size
             row: dict[str, Any] = {"model": pair["model"], "kind": pair["kind"], "target": size}
