@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from residency import best_total, measured_portfolio, standard_trace  # noqa: E402
 
 from edged.simulate import (  # noqa: E402
+    BeladyPolicy,
     EdgedPolicy,
     HybridHistogramPolicy,
     LruPolicy,
@@ -62,6 +63,7 @@ def main() -> int:
             ]
             for cls in (LruPolicy, OllamaPolicy, HybridHistogramPolicy):
                 policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]
+            policies += [BeladyPolicy(options, budget, p, events) for p in ("best", "smallest")]
             for p in policies:
                 runs.setdefault(p.name, []).append(replay(p, events))
         med = {

@@ -36,6 +36,7 @@ from edged.demo import build_demo  # noqa: E402
 from edged.portfolio.residency import Option  # noqa: E402
 from edged.runtime.probe import probe  # noqa: E402
 from edged.simulate import (  # noqa: E402
+    BeladyPolicy,
     EdgedPolicy,
     GdsfPolicy,
     LruPolicy,
@@ -138,13 +139,17 @@ def main() -> int:
         ]
         for cls in (LruPolicy, OllamaPolicy, GdsfPolicy):
             policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]
+        for pick in ("best", "smallest"):
+            policies.append(BeladyPolicy(options, budget, pick, events))
         results = {p.name: replay(p, events) for p in policies}
         for name, r in results.items():
             lines.append(
                 f"| {share:.0%} | {name} | {r['cold_rate']:.4f} | {r['qwhr']:.4f} | "
                 f"{r['added_ms']:.2f} ms |"
             )
-        baselines = {k: v["qwhr"] for k, v in results.items() if not k.startswith("edged")}
+        baselines = {
+            k: v["qwhr"] for k, v in results.items() if not k.startswith(("edged", "Belady"))
+        }
         best_name = max(baselines, key=lambda k: baselines[k])
         ratio = results["edged"]["qwhr"] / baselines[best_name]
         worst = min(baselines.values())

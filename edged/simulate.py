@@ -19,7 +19,9 @@ the best and with the smallest variant:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from edged.forecast.forecaster import Forecaster
@@ -298,6 +300,29 @@ class GdsfPolicy(CachePolicy):
 
     def on_evict(self, model: str) -> None:
         self.clock = self.priority[model]
+
+
+class BeladyPolicy(CachePolicy):
+    """A reference, not a baseline: it knows the whole trace and evicts the model whose next
+    request is furthest away (Belady's MIN; with unequal sizes close to, not exactly, the
+    optimum). It loads on demand only, one fixed variant per model, so it bounds what any
+    demand-loading policy serving that variant can reach; only loading ahead of requests
+    (preloading) or choosing variants can beat it."""
+
+    name = "Belady (clairvoyant)"
+
+    def __init__(
+        self, options: Options, budget: int, pick: str, events: Sequence[tuple[float, str]]
+    ) -> None:
+        super().__init__(options, budget, pick)
+        self.times: dict[str, list[float]] = {m: [] for m in options}
+        for t, m in events:
+            self.times[m].append(t)
+
+    def victim_key(self, model: str, t: float) -> float:
+        times = self.times[model]
+        i = bisect.bisect_right(times, t)
+        return -(times[i] if i < len(times) else math.inf)
 
 
 class HybridHistogramPolicy(CachePolicy):
