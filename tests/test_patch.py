@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.update import patch
+from edged.update import patch, transform
 from edged.update.layout import detect
 from edged.update.synthetic import finetune
 
@@ -250,6 +250,77 @@ def test_fine_tune_of_a_real_model_uses_the_float_transforms(tmp_path: Path) -> 
     )
     generic_size = (tmp_path / "p").stat().st_size
     assert tensor_size < 0.7 * generic_size
+
+
+# -- q8_0 blocks -------------------------------------------------------------------------------
+
+
+@st.composite
+def q8_0_pair(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """Base blocks, and a target re-quantized from slightly moved weights: some scales move,
+    a few quants step by one, now and then a quant jumps anywhere."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 300))
+    base = rng.integers(0, 256, size=(n, transform.Q8_0_BLOCK), dtype=np.uint8)
+    target = base.copy()
+    moved = rng.random(n) < draw(st.floats(0, 1))
+    scales = target[:, :2].copy().view(np.uint16).reshape(-1)
+    scales[moved] += rng.integers(-3, 4, size=int(moved.sum())).astype(np.uint16)
+    target[:, :2] = scales.view(np.uint8).reshape(n, 2)
+    quants = target[:, 2:]
+    step = rng.random(quants.shape) < draw(st.floats(0, 0.3))
+    quants[step] += rng.choice(np.array([1, 255], dtype=np.uint8), size=int(step.sum()))
+    jump = rng.random(quants.shape) < 0.01
+    quants[jump] = rng.integers(0, 256, size=int(jump.sum()), dtype=np.uint8)
+    return base.tobytes(), target.tobytes()
+
+
+@pytest.mark.parametrize("kind", [transform.XOR, transform.DIFF])
+@FAST
+@given(pair=q8_0_pair())
+def test_q8_0_block_transform_round_trips(kind: str, pair: tuple[bytes, bytes]) -> None:
+    base, target = pair
+    planes = transform.forward(kind, base, target, transform.Q8_0_BLOCK)
+    assert len(planes) <= transform.planes_limit(len(base), transform.Q8_0_BLOCK)
+    assert bytes(transform.inverse(kind, base, planes, transform.Q8_0_BLOCK)) == target
+
+
+def test_q8_0_planes_that_disagree_with_their_bitmap_are_refused() -> None:
+    base = bytes(range(34)) * 4
+    target = bytearray(base)
+    target[5] ^= 1
+    planes = transform.forward(transform.DIFF, base, bytes(target), transform.Q8_0_BLOCK)
+    for bad in (planes + b"\x01", planes[:-1], planes[:10]):
+        with pytest.raises(ValueError, match="q8_0"):
+            transform.inverse(transform.DIFF, base, bad, transform.Q8_0_BLOCK)
+
+
+def test_requantized_q8_0_gguf_uses_the_block_transform(tmp_path: Path) -> None:
+    """llama.cpp quantizes an f16 model to q8_0 before and after a full fine-tune: the q8_0
+    tensors are found as blocks, patched through the sparse block planes, byte-identical, and
+    smaller than treating them as raw bytes."""
+    import ctypes
+
+    import llama_cpp
+
+    from edged.demo import gguf_llama
+
+    gguf_llama(tmp_path / "a.f16", n_embd=128, n_ff=256)
+    finetune(tmp_path / "a.f16", tmp_path / "b.f16", fraction=1.0, relative=1e-3)
+    for name in ("a", "b"):
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+        source, out = str(tmp_path / f"{name}.f16").encode(), str(tmp_path / f"{name}.q8").encode()
+        assert llama_cpp.llama_model_quantize(source, out, ctypes.byref(params)) == 0
+    base, target = (tmp_path / "a.q8").read_bytes(), (tmp_path / "b.q8").read_bytes()
+    with (tmp_path / "a.q8").open("rb") as f:
+        widths = {t.width for t in detect(f).tensors}
+    assert transform.Q8_0_BLOCK in widths
+    header = roundtrip(tmp_path, base, target)
+    assert any(op.width == transform.Q8_0_BLOCK for op in header.ops), header.summary()
+    blocks_size = (tmp_path / "p").stat().st_size
+    roundtrip(tmp_path, base, target, tensor_aware=False)
+    assert blocks_size < 0.8 * (tmp_path / "p").stat().st_size
 
 
 # -- refusal ----------------------------------------------------------------------------------

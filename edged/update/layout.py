@@ -15,9 +15,12 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from edged.update.transform import Q8_0_BLOCK
+
 # Element widths of float types the XOR / difference transforms understand. Anything else
 # (quantized blocks, integers) is delta-coded on its raw bytes (width 1).
 _GGUF_FLOAT_WIDTH = {0: 4, 1: 2, 30: 2}  # F32, F16, BF16
+_GGUF_Q8_0 = 8  # blocks of 32 weights: an f16 scale and 32 int8 quants (transform.Q8_0_BLOCK)
 _ONNX_FLOAT_WIDTH = {1: 4, 10: 2, 11: 8, 16: 2}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _SAFETENSORS_FLOAT_WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
@@ -29,7 +32,7 @@ class Tensor:
     name: str
     offset: int
     length: int
-    width: int  # element width in bytes for float tensors, 1 for raw bytes
+    width: int  # element width in bytes for float tensors, Q8_0_BLOCK for q8_0, 1 for raw bytes
 
     @property
     def end(self) -> int:
@@ -141,6 +144,9 @@ def _gguf(f: BinaryIO, size: int) -> list[Tensor]:
         width = _GGUF_FLOAT_WIDTH.get(ggml_type)
         if width is not None:
             length = count * width
+        elif ggml_type == _GGUF_Q8_0 and count % 32 == 0:
+            width = Q8_0_BLOCK
+            length = count // 32 * Q8_0_BLOCK
         else:
             # Quantized block sizes differ by type; the tensor runs to the next one (padding
             # included), which is all the raw-byte delta needs.

@@ -420,13 +420,16 @@ def _verify_trailer(f: BinaryIO, size: int, path: Path) -> None:
         )
 
 
+_WIDTHS = (1, 2, 4, 8, transform.Q8_0_BLOCK)
+
+
 def _check_ops(header: Header, path: Path) -> None:
     total, payload = 0, 0
     for i, op in enumerate(header.ops):
         where = f"{path}: op {i}"
         if op.kind not in _KIND_NAMES:
             raise PatchError(f"{where}: unknown kind {op.kind}", "corrupt")
-        if not 0 < op.length <= MAX_OP_BYTES or op.width not in (1, 2, 4, 8):
+        if not 0 < op.length <= MAX_OP_BYTES or op.width not in _WIDTHS:
             raise PatchError(f"{where}: length or width out of range", "corrupt")
         if op.kind in (COPY, XOR, DIFF) and op.a + op.length > header.base_size:
             raise PatchError(f"{where}: reads past the end of the base", "corrupt")
@@ -501,7 +504,11 @@ def apply_to(
                     data = transform.decompress(payload, op.length, prefix)
                 else:
                     base_chunk = os.pread(base_fd, op.length, op.a)
-                    planes = transform.decompress(payload, op.length)
+                    planes = transform.decompress(
+                        payload,
+                        transform.planes_limit(op.length, op.width),
+                        exact=op.width != transform.Q8_0_BLOCK,
+                    )
                     name = transform.XOR if op.kind == XOR else transform.DIFF
                     data = transform.inverse(name, base_chunk, planes, op.width)
             except (zstd.ZstdError, ValueError) as e:

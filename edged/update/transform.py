@@ -9,6 +9,12 @@ and leaves sign, exponent and high mantissa alone. Two transforms expose that to
 
 Both are split into byte planes (all first bytes, then all second bytes, ...), so the all-zero
 high planes compress to almost nothing and the noisy low planes do not disturb them.
+
+GGUF q8_0 tensors (width ``Q8_0_BLOCK``: blocks of an f16 scale and 32 int8 quants) get the same
+transform per field: the scales as 16-bit values in two planes, the quants as bytes. After a
+re-quantization ~95% of quants are unchanged, so their plane is sent sparse — a bitmap of the
+changed positions, then the changed values — which puts it near its order-0 entropy at zstd's fast
+levels (measured: 2x smaller than the dense plane at level 3).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 XOR, DIFF = "xor", "diff"
+Q8_0_BLOCK = 34  # the "width" of a q8_0 tensor: one block, an f16 scale then 32 int8 quants
+_QUANTS = Q8_0_BLOCK - 2
 
 
 # Plane by plane, not numpy's transposed copy: a strided column copy runs at ~3 GB/s here, the
@@ -51,30 +59,101 @@ def _from_planes(data: bytes, width: int) -> np.ndarray[Any, Any]:
 
 def forward(kind: str, base: bytes, target: bytes, width: int) -> bytes:
     """The plane-split transform of ``target`` against ``base`` (same length, multiple of width)."""
+    if width == Q8_0_BLOCK:
+        return _q8_0_forward(kind, base, target)
     b = np.frombuffer(base, dtype=_UINT[width])
     t = np.frombuffer(target, dtype=_UINT[width])
-    if kind == XOR:
-        return _to_planes(b ^ t, width)
-    # Wrapping subtraction, then zigzag so that -1 and +1 are both small.
-    d = (t - b).view(_INT[width])
-    zz = (d << 1) ^ (d >> (8 * width - 1))
-    return _to_planes(zz.view(_UINT[width]), width)
+    return _to_planes(_delta(kind, b, t), width)
 
 
 def inverse(kind: str, base: bytes, planes: bytes, width: int) -> memoryview:
     """The target bytes from the base bytes and the transform ``forward`` produced (a view of a
-    fresh array: written out as is, never copied into a bytes object)."""
+    fresh array: written out as is, never copied into a bytes object). Raises ValueError when
+    ``planes`` cannot have come from ``forward``."""
+    if width == Q8_0_BLOCK:
+        return _q8_0_inverse(kind, base, planes)
+    if len(planes) != len(base):
+        raise ValueError(f"{len(planes)} bytes of planes for {len(base)} bytes of base")
     b = np.frombuffer(base, dtype=_UINT[width])
     v = _from_planes(planes, width)  # a fresh array: safe to work in place
+    _undo(kind, v, b)
+    return v.view(np.uint8).data
+
+
+def _delta(kind: str, b: np.ndarray[Any, Any], t: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """XOR, or the wrapping difference zigzag-coded so that -1 and +1 are both small."""
+    if kind == XOR:
+        x: np.ndarray[Any, Any] = b ^ t
+        return x
+    bits = 8 * b.itemsize
+    d = (t - b).view(_INT[b.itemsize])
+    zigzag: np.ndarray[Any, Any] = ((d << 1) ^ (d >> (bits - 1))).view(b.dtype)
+    return zigzag
+
+
+def _undo(kind: str, v: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> None:
+    """Turn ``v`` (from ``_delta``) back into the target values, in place."""
     if kind == XOR:
         np.bitwise_xor(v, b, out=v)
-        return v.view(np.uint8).data
+        return
     sign = v & 1
     np.negative(sign, out=sign)  # 0 or all ones (unsigned wrap-around)
     np.right_shift(v, 1, out=v)
     np.bitwise_xor(v, sign, out=v)  # un-zigzag
     np.add(v, b, out=v)  # wrapping
-    return v.view(np.uint8).data
+
+
+def planes_limit(length: int, width: int) -> int:
+    """The most bytes ``forward`` can produce for ``length`` bytes (bounds the decoder)."""
+    if width == Q8_0_BLOCK:
+        blocks = length // Q8_0_BLOCK
+        return blocks * (2 + _QUANTS // 8) + blocks * _QUANTS
+    return length
+
+
+# q8_0 planes: scale low bytes (n) | scale high bytes (n) | bitmap of changed quants (4n) |
+# the changed quants' deltas, in order.
+
+
+def _q8_0_split(data: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, Q8_0_BLOCK)
+    scales = np.ascontiguousarray(blocks[:, :2]).view(np.uint16).reshape(-1)
+    return scales, blocks[:, 2:].reshape(-1)
+
+
+def _q8_0_forward(kind: str, base: bytes, target: bytes) -> bytes:
+    bs, bq = _q8_0_split(base)
+    ts, tq = _q8_0_split(target)
+    quants = _delta(kind, bq, tq)
+    changed = quants != 0
+    return b"".join(
+        (_to_planes(_delta(kind, bs, ts), 2), np.packbits(changed).tobytes(), quants[changed])
+    )
+
+
+def _q8_0_inverse(kind: str, base: bytes, planes: bytes) -> memoryview:
+    if len(base) % Q8_0_BLOCK:
+        raise ValueError(f"{len(base)} bytes are not whole q8_0 blocks")
+    n = len(base) // Q8_0_BLOCK
+    raw = np.frombuffer(planes, dtype=np.uint8)
+    bitmap_end = 2 * n + n * _QUANTS // 8
+    if len(raw) < bitmap_end:
+        raise ValueError("q8_0 planes end inside the scales or the bitmap")
+    changed = np.flatnonzero(np.unpackbits(raw[2 * n : bitmap_end]))
+    if len(changed) != len(raw) - bitmap_end:
+        raise ValueError(
+            f"q8_0 bitmap marks {len(changed)} changed quants, {len(raw) - bitmap_end} follow"
+        )
+    bs, bq = _q8_0_split(base)
+    scales = _from_planes(planes[: 2 * n], 2)
+    _undo(kind, scales, bs)
+    quants = np.zeros(n * _QUANTS, dtype=np.uint8)
+    quants[changed] = raw[bitmap_end:]
+    _undo(kind, quants, bq)
+    out = np.empty((n, Q8_0_BLOCK), dtype=np.uint8)
+    out[:, :2] = scales.view(np.uint8).reshape(n, 2)
+    out[:, 2:] = quants.reshape(n, _QUANTS)
+    return out.reshape(-1).data
 
 
 # -- zstd ---------------------------------------------------------------------------------------
@@ -102,11 +181,13 @@ def _reference(prefix: bytes) -> Any:
     return zstd.ZstdDict(prefix, is_raw=True).as_prefix if prefix else None
 
 
-def decompress(frame: bytes, expected: int, prefix: bytes = b"") -> bytes:
+def decompress(frame: bytes, expected: int, prefix: bytes = b"", *, exact: bool = True) -> bytes:
     """Decode one frame; raises ``zstd.ZstdError`` or ``ValueError`` on anything but ``expected``
-    bytes of intact content."""
+    bytes (at most ``expected`` when not ``exact``) of intact content."""
     decoder = zstd.ZstdDecompressor(zstd_dict=_reference(prefix), options=_DECODER_OPTIONS)
     out = decoder.decompress(frame, max_length=expected + 1)
-    if len(out) != expected or not decoder.eof or decoder.unused_data:
-        raise ValueError(f"frame decodes to {len(out)} bytes, expected {expected}")
+    wrong_size = len(out) != expected if exact else len(out) > expected
+    if wrong_size or not decoder.eof or decoder.unused_data:
+        limit = "" if exact else "at most "
+        raise ValueError(f"frame decodes to {len(out)} bytes, expected {limit}{expected}")
     return out
