@@ -131,6 +131,16 @@ def _q8_0_forward(kind: str, base: bytes, target: bytes) -> bytes:
     )
 
 
+def _set_bits(bitmap: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Positions of the set bits (big-endian within a byte, as np.packbits), in order. Only the
+    non-zero bytes are expanded: most of a sparse bitmap is zero bytes. (np.nonzero is ~2x
+    faster on booleans than on bytes, hence the views.)"""
+    nonzero = np.flatnonzero(bitmap != 0)
+    where = np.flatnonzero(np.unpackbits(bitmap[nonzero]).view(bool))
+    positions: np.ndarray[Any, Any] = nonzero[where >> 3] * 8 + (where & 7)
+    return positions
+
+
 def _q8_0_inverse(kind: str, base: bytes, planes: bytes) -> memoryview:
     if len(base) % Q8_0_BLOCK:
         raise ValueError(f"{len(base)} bytes are not whole q8_0 blocks")
@@ -139,21 +149,21 @@ def _q8_0_inverse(kind: str, base: bytes, planes: bytes) -> memoryview:
     bitmap_end = 2 * n + n * _QUANTS // 8
     if len(raw) < bitmap_end:
         raise ValueError("q8_0 planes end inside the scales or the bitmap")
-    changed = np.flatnonzero(np.unpackbits(raw[2 * n : bitmap_end]))
-    if len(changed) != len(raw) - bitmap_end:
-        raise ValueError(
-            f"q8_0 bitmap marks {len(changed)} changed quants, {len(raw) - bitmap_end} follow"
-        )
-    bs, bq = _q8_0_split(base)
+    changed = _set_bits(raw[2 * n : bitmap_end])
+    values = raw[bitmap_end:].copy()
+    if len(changed) != len(values):
+        raise ValueError(f"q8_0 bitmap marks {len(changed)} changed quants, {len(values)} follow")
+    # Start from the base and touch only what changed: the scales, and the quants the bitmap
+    # marks (quant i of the flat run sits after i // 32 + 1 scales).
+    out = np.frombuffer(base, dtype=np.uint8).reshape(n, Q8_0_BLOCK).copy()
     scales = _from_planes(planes[: 2 * n], 2)
-    _undo(kind, scales, bs)
-    quants = np.zeros(n * _QUANTS, dtype=np.uint8)
-    quants[changed] = raw[bitmap_end:]
-    _undo(kind, quants, bq)
-    out = np.empty((n, Q8_0_BLOCK), dtype=np.uint8)
+    _undo(kind, scales, np.ascontiguousarray(out[:, :2]).view(np.uint16).reshape(-1))
     out[:, :2] = scales.view(np.uint8).reshape(n, 2)
-    out[:, 2:] = quants.reshape(n, _QUANTS)
-    return out.reshape(-1).data
+    flat = out.reshape(-1)
+    at = changed + 2 * ((changed >> 5) + 1)
+    _undo(kind, values, flat[at])
+    flat[at] = values
+    return flat.data
 
 
 # -- zstd ---------------------------------------------------------------------------------------
