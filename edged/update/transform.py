@@ -13,8 +13,8 @@ high planes compress to almost nothing and the noisy low planes do not disturb t
 GGUF q8_0 tensors (width ``Q8_0_BLOCK``: blocks of an f16 scale and 32 int8 quants) get the same
 transform per field: the scales as 16-bit values in two planes, the quants as bytes. After a
 re-quantization ~95% of quants are unchanged, so their plane is sent sparse — a bitmap of the
-changed positions, then the changed values — which puts it near its order-0 entropy at zstd's fast
-levels (measured: 2x smaller than the dense plane at level 3).
+changed positions, then the changed values (measured on a 26 MB model at zstd level 3: 726 KB
+against 1,078 KB for the dense plane; the plane's order-0 entropy is 524 KB).
 """
 
 from __future__ import annotations
