@@ -58,7 +58,11 @@ class Prometheus:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._ready, timeout=60, what="Prometheus to be ready")
+        try:
+            wait_for(self._ready, timeout=60, what="Prometheus to be ready")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, "prometheus exited"
@@ -83,8 +87,9 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
         self.log.close()
 
 
