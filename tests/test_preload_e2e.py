@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from edged.runtime.probe import stored_result
 from edged.store.store import ModelStore
 from edged.trace import write_csv
-from tests.daemon import DaemonProcess, free_port, scrape
+from tests.daemon import DaemonProcess, free_port, scrape, wait_for
 from tests.portfolios import mlp_family
 
 pytestmark = pytest.mark.e2e
@@ -124,13 +123,13 @@ def test_forecasts_survive_a_restart(tmp_path: Path) -> None:
         assert second.edged("infer", "a").returncode == 0
         # b was learned to follow a before the restart: it is loaded the moment a is seen (here
         # right after a's own cold load, which held the memory lock).
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            metrics = scrape(port)
-            if metrics.get('edged_preloads_total{model="b",trigger="transition"}', 0) >= 1:
-                break
-            time.sleep(0.1)
-        assert metrics.get('edged_preloads_total{model="b",trigger="transition"}', 0) >= 1, metrics
+        wait_for(
+            lambda: (
+                scrape(port).get('edged_preloads_total{model="b",trigger="transition"}', 0) >= 1
+            ),
+            timeout=10,
+            what="a transition preload of b",
+        )
         result = second.edged("infer", "b")
         assert result.returncode == 0
     finally:

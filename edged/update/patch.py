@@ -504,11 +504,9 @@ def apply_to(
                     data = transform.decompress(payload, op.length, prefix)
                 else:
                     base_chunk = os.pread(base_fd, op.length, op.a)
-                    planes = transform.decompress(
-                        payload,
-                        transform.planes_limit(op.length, op.width),
-                        exact=op.width != transform.Q8_0_BLOCK,
-                    )
+                    # inverse() checks the planes' size against the base chunk.
+                    limit = transform.planes_limit(op.length, op.width)
+                    planes = transform.decompress(payload, limit, exact=False)
                     name = transform.XOR if op.kind == XOR else transform.DIFF
                     data = transform.inverse(name, base_chunk, planes, op.width)
             except (zstd.ZstdError, ValueError) as e:

@@ -157,7 +157,7 @@ def _q8_0_inverse(kind: str, base: bytes, planes: bytes) -> memoryview:
     # marks (quant i of the flat run sits after i // 32 + 1 scales).
     out = np.frombuffer(base, dtype=np.uint8).reshape(n, Q8_0_BLOCK).copy()
     scales = _from_planes(planes[: 2 * n], 2)
-    _undo(kind, scales, np.ascontiguousarray(out[:, :2]).view(np.uint16).reshape(-1))
+    _undo(kind, scales, _q8_0_split(base)[0])
     out[:, :2] = scales.view(np.uint8).reshape(n, 2)
     flat = out.reshape(-1)
     at = changed + 2 * ((changed >> 5) + 1)
