@@ -513,7 +513,8 @@ class Portfolio:
     async def _upgrade_one(self) -> None:
         for name, slot in sorted(self.slots.items()):
             handle = slot.handle
-            if handle is None or handle.inflight > 0:
+            # A pin holds the variant that is resident: no automatic swap in either direction.
+            if handle is None or handle.inflight > 0 or slot.pinned:
                 continue
             options = self._known_options(handle.manifest)
             current = next((o for v, o in options if v.id == handle.variant.id), None)
