@@ -252,6 +252,110 @@ def test_fine_tune_of_a_real_model_uses_the_float_transforms(tmp_path: Path) -> 
     assert tensor_size < 0.7 * generic_size
 
 
+# -- ONNX external data ------------------------------------------------------------------------
+
+
+def external_onnx(directory: Path, tensors: dict[str, np.ndarray[Any, Any]] | None = None) -> Path:
+    """An ONNX model saved with its initializers in ``model.onnx.data`` next to it: the MLP of
+    the demo, or an Identity graph over ``tensors``; returns the data file."""
+    import onnx
+
+    from edged.demo import mlp_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if tensors is None:
+        mlp_model(directory / "model.onnx", (64, 256, 256, 16), seed=5)
+    else:
+        onnx_file(directory / "model.onnx", tensors)
+    model = onnx.load(str(directory / "model.onnx"))
+    onnx.save_model(
+        model,
+        str(directory / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    return directory / "model.onnx.data"
+
+
+def test_external_data_layout_comes_from_the_model_next_to_it(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    data_path = external_onnx(tmp_path / "m")
+    data = data_path.read_bytes()
+    with data_path.open("rb") as f:
+        assert detect(f).kind == "raw"  # alone, the file says nothing about itself
+        layout = detect(f, data_path)
+    assert layout.kind == "onnx-external"
+    model = onnx.load(str(tmp_path / "m" / "model.onnx"))
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert {t.name for t in layout.tensors} == set(arrays)
+    for t in layout.tensors:
+        assert data[t.offset : t.end] == arrays[t.name].tobytes()
+        assert t.width == 4
+    # Without its model the same bytes are opaque again.
+    (tmp_path / "m" / "model.onnx").unlink()
+    with data_path.open("rb") as f:
+        assert detect(f, data_path).kind == "raw"
+
+
+def test_fine_tune_of_an_external_data_model_is_tensor_aware(tmp_path: Path) -> None:
+    """The data file of a fine-tuned external-data model is patched with the float transforms,
+    and the applied file serves the fine-tuned model in onnxruntime."""
+    import shutil
+
+    import onnxruntime as ort
+
+    base = external_onnx(tmp_path / "v1")
+    (tmp_path / "v2").mkdir()
+    shutil.copyfile(tmp_path / "v1" / "model.onnx", tmp_path / "v2" / "model.onnx")
+    target = tmp_path / "v2" / "model.onnx.data"
+    assert finetune(base, target, fraction=1.0, relative=1e-3) == 6
+
+    header = patch.create(base, target, tmp_path / "p")
+    assert header.layout == "onnx-external"
+    assert {op.kind for op in header.ops} & {patch.XOR, patch.DIFF}, header.summary()
+    generic = patch.create(base, target, tmp_path / "p-generic", tensor_aware=False)
+    assert generic.layout == "onnx-external"  # the target's layout is still recorded
+    assert (tmp_path / "p").stat().st_size < 0.7 * (tmp_path / "p-generic").stat().st_size
+
+    (tmp_path / "v3").mkdir()
+    shutil.copyfile(tmp_path / "v1" / "model.onnx", tmp_path / "v3" / "model.onnx")
+    patch.apply(base, tmp_path / "p", tmp_path / "v3" / "model.onnx.data")
+    assert (tmp_path / "v3" / "model.onnx.data").read_bytes() == target.read_bytes()
+
+    x = {"input": np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)}
+
+    def run(version: str) -> Any:
+        path = str(tmp_path / version / "model.onnx")
+        return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, x)[0]
+
+    np.testing.assert_array_equal(run("v3"), run("v2"))
+    assert not np.array_equal(run("v3"), run("v1"))
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 6), edits=EDITS)
+def test_external_data_tensor_edits_round_trip(
+    tmp_path: Path, seed: int, count: int, edits: list[str]
+) -> None:
+    import shutil
+
+    rng = np.random.default_rng(seed)
+    tensors = random_tensors(rng, count)
+    shutil.rmtree(tmp_path / "a", ignore_errors=True)
+    shutil.rmtree(tmp_path / "b", ignore_errors=True)
+    base = external_onnx(tmp_path / "a", tensors)
+    target = external_onnx(tmp_path / "b", edit_tensors(rng, tensors, edits))
+    with target.open("rb") as f:
+        assert detect(f, target).kind == "onnx-external"
+    patch.create(base, target, tmp_path / "p")
+    patch.apply(base, tmp_path / "p", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == target.read_bytes()
+
+
 # -- q8_0 blocks -------------------------------------------------------------------------------
 
 

@@ -98,6 +98,16 @@ def _symlink_escape(d: Path, m: dict) -> None:  # type: ignore[type-arg]
     m["variants"][0].update(file="link.onnx", size=6, sha256=hashlib.sha256(b"secret").hexdigest())
 
 
+def _external_data(d: Path, m: dict) -> None:  # type: ignore[type-arg]
+    import onnx
+
+    variant = m["variants"][0]
+    model = onnx.load(str(d / variant["file"]))
+    onnx.save_model(model, str(d / "ext.onnx"), save_as_external_data=True, size_threshold=0)
+    data = (d / "ext.onnx").read_bytes()
+    variant.update(file="ext.onnx", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
 def _bad_quality(d: Path, m: dict) -> None:  # type: ignore[type-arg]
     m["variants"][0]["quality"] = 1.5
 
@@ -125,6 +135,7 @@ REFUSALS = {
     "absolute path": (_absolute_path, "leaves the manifest's directory"),
     "symlink leaving the directory": (_symlink_escape, "leaves the manifest's directory"),
     "quality out of range": (_bad_quality, "quality"),
+    "onnx with external data": (_external_data, "keeps its weights in external data files"),
     "duplicate variant": (_duplicate_variant, "duplicate variant id"),
     "unknown schema": (_schema, "schema"),
     "no variants": (_no_variants, "at least one variant"),

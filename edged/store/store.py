@@ -32,6 +32,7 @@ from typing import Any
 from edged.errors import ErrorCode, ManifestError, NotFoundError, StoreError
 from edged.store import atomic
 from edged.store.manifest import Manifest, Variant, check_name, check_version, loads
+from edged.update.layout import onnx_external_locations
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,16 @@ class ModelStore:
                 f"variants[{variant.id}].size: manifest says {variant.size} bytes, "
                 f"{variant.file!r} has {info.st_size}"
             )
+        if variant.format == "onnx":
+            with resolved.open("rb") as f:
+                external = onnx_external_locations(f)
+            if external:
+                # Blobs are named by digest, so the data files' names could not resolve.
+                raise ManifestError(
+                    f"{where}: {variant.file!r} keeps its weights in external data files "
+                    f"({', '.join(external)}); the store holds one file per variant: re-save it "
+                    "with onnx.save_model(model, path) without save_as_external_data"
+                )
         tmp = self.tmp / f"import-{uuid.uuid4().hex}"
         digest = hashlib.sha256()
         with resolved.open("rb") as fin, tmp.open("wb") as fout:

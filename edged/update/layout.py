@@ -4,6 +4,9 @@ The patch engine only needs each tensor's name, byte range and element width (fo
 transforms); it never interprets values. Parsers read headers through a file object, never the
 whole file, so memory stays small on large models. A file that does not parse is simply treated
 as opaque bytes (layout "raw"): the generic path still patches it.
+
+An ONNX model saved with external data keeps its initializers in separate files that say nothing
+about themselves; their layout comes from the model next to them (``external_layout``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from edged.update.transform import Q8_0_BLOCK
@@ -22,6 +26,11 @@ from edged.update.transform import Q8_0_BLOCK
 _GGUF_FLOAT_WIDTH = {0: 4, 1: 2, 30: 2}  # F32, F16, BF16
 _GGUF_Q8_0 = 8  # blocks of 32 weights: an f16 scale and 32 int8 quants (transform.Q8_0_BLOCK)
 _ONNX_FLOAT_WIDTH = {1: 4, 10: 2, 11: 8, 16: 2}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+# Element sizes of the fixed-size ONNX types, for external tensors saved without a "length".
+_ONNX_ELEMENT_SIZE = {
+    **_ONNX_FLOAT_WIDTH,
+    **{2: 1, 3: 1, 9: 1, 4: 2, 5: 2, 6: 4, 12: 4, 7: 8, 13: 8, 14: 8, 15: 16},
+}
 _SAFETENSORS_FLOAT_WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 _MAX_HEADER = 256 << 20
@@ -50,18 +59,67 @@ class _MalformedError(Exception):
     pass
 
 
-def detect(f: BinaryIO) -> Layout:
-    """The file's tensor layout, or a "raw" layout when it is none of the known formats."""
+_PARSE_ERRORS = (_MalformedError, struct.error, UnicodeDecodeError, ValueError, OverflowError)
+
+
+def detect(f: BinaryIO, path: Path | None = None) -> Layout:
+    """The file's tensor layout, or a "raw" layout when it is none of the known formats.
+
+    With the file's ``path``, a file no format recognizes may still be an ONNX model's external
+    data: then its layout comes from that model (see ``external_layout``)."""
     size = os.fstat(f.fileno()).st_size
     for kind, parse in (("gguf", _gguf), ("safetensors", _safetensors), ("onnx", _onnx)):
         try:
             f.seek(0)
             tensors = sorted(parse(f, size), key=lambda t: t.offset)
-        except (_MalformedError, struct.error, UnicodeDecodeError, ValueError, OverflowError):
+        except _PARSE_ERRORS:
             continue
         if tensors and _well_formed(tensors, size):
             return Layout(kind, size, tuple(tensors))
+    if path is not None:
+        external = external_layout(path, size)
+        if external is not None:
+            return external
     return Layout("raw", size, ())
+
+
+def onnx_external_locations(f: BinaryIO) -> list[str]:
+    """The external-data files an ONNX model reads its initializers from (none for a model
+    kept in one file, or for a file that is not ONNX)."""
+    try:
+        f.seek(0)
+        found = _onnx_external(f, os.fstat(f.fileno()).st_size)
+    except _PARSE_ERRORS:
+        return []
+    return sorted({location for location, _ in found})
+
+
+# How many sibling .onnx files to read looking for the model that owns an external-data file.
+_MAX_SIBLING_MODELS = 16
+
+
+def external_layout(data_path: Path, size: int) -> Layout | None:
+    """The layout of ``data_path`` as an external-data file of an ONNX model in the same
+    directory (its initializers' ``location`` names this file), or None.
+
+    onnx.save(..., save_as_external_data=True) writes such files: raw tensor bytes at the
+    offsets and lengths the model records, nothing else.
+    """
+    target = data_path.resolve()
+    for model in sorted(data_path.parent.glob("*.onnx"))[:_MAX_SIBLING_MODELS]:
+        try:
+            with model.open("rb") as f:
+                tensors = [
+                    tensor
+                    for location, tensor in _onnx_external(f, os.fstat(f.fileno()).st_size)
+                    if (model.parent / location).resolve() == target
+                ]
+        except (OSError, *_PARSE_ERRORS):
+            continue
+        tensors.sort(key=lambda t: t.offset)
+        if tensors and _well_formed(tensors, size):
+            return Layout("onnx-external", size, tuple(tensors))
+    return None
 
 
 def _well_formed(tensors: list[Tensor], size: int) -> bool:
@@ -179,7 +237,9 @@ def _safetensors(f: BinaryIO, size: int) -> list[Tensor]:
 # -- ONNX (protobuf wire format) --------------------------------------------------------------
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
-_TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 2, 8, 9
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 8, 9
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _LOCATION_EXTERNAL = 13, 14, 1
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
 def _varint(f: BinaryIO) -> int:
@@ -220,8 +280,17 @@ def _fields(f: BinaryIO, end: int) -> Iterator[tuple[int, int, int, int]]:
             raise _MalformedError(f"unsupported wire type {wire}")
 
 
-def _onnx(f: BinaryIO, size: int) -> list[Tensor]:
-    tensors = []
+@dataclasses.dataclass
+class _Initializer:
+    name: str = ""
+    data_type: int = 0
+    dims: list[int] = dataclasses.field(default_factory=list)
+    raw: tuple[int, int] | None = None  # (offset, length) of raw_data in the model file
+    external: dict[str, str] = dataclasses.field(default_factory=dict)
+    location: int = 0
+
+
+def _onnx_initializers(f: BinaryIO, size: int) -> Iterator[_Initializer]:
     seen_graph = False
     for field, wire, start, length in _fields(f, size):
         if field != _MODEL_GRAPH or wire != 2:
@@ -229,26 +298,70 @@ def _onnx(f: BinaryIO, size: int) -> list[Tensor]:
         seen_graph = True
         for g_field, g_wire, g_start, g_length in _fields(f, start + length):
             if g_field == _GRAPH_INITIALIZER and g_wire == 2:
-                found = _onnx_tensor(f, g_start, g_start + g_length)
-                if found is not None:
-                    tensors.append(found)
+                yield _onnx_tensor(f, g_start, g_start + g_length)
             # _fields seeks past each payload itself.
     if not seen_graph:
         raise _MalformedError("no graph")
-    return tensors
 
 
-def _onnx_tensor(f: BinaryIO, start: int, end: int) -> Tensor | None:
-    name, data_type, raw = "", 0, None
+def _onnx(f: BinaryIO, size: int) -> list[Tensor]:
+    return [
+        Tensor(t.name, t.raw[0], t.raw[1], _ONNX_FLOAT_WIDTH.get(t.data_type, 1))
+        for t in _onnx_initializers(f, size)
+        if t.raw is not None and t.raw[1] > 0 and t.name
+    ]
+
+
+def _onnx_external(f: BinaryIO, size: int) -> list[tuple[str, Tensor]]:
+    """(location, tensor) of each initializer kept in an external-data file."""
+    out = []
+    for t in _onnx_initializers(f, size):
+        location = t.external.get("location")
+        if t.location != _LOCATION_EXTERNAL or not location or not t.name:
+            continue
+        offset = int(t.external.get("offset", "0"))
+        if "length" in t.external:
+            length = int(t.external["length"])
+        elif t.data_type in _ONNX_ELEMENT_SIZE:
+            length = _ONNX_ELEMENT_SIZE[t.data_type]
+            for d in t.dims:
+                length *= d
+        else:
+            continue  # its extent is unknown: the generic path covers it
+        if offset >= 0 and length > 0:
+            width = _ONNX_FLOAT_WIDTH.get(t.data_type, 1)
+            out.append((location, Tensor(t.name, offset, length, width)))
+    return out
+
+
+def _onnx_tensor(f: BinaryIO, start: int, end: int) -> _Initializer:
+    t = _Initializer()
     for field, wire, value, length in _fields(f, end):
         if field == _TENSOR_NAME and wire == 2:
             f.seek(value)
-            name = _read(f, length).decode()
+            t.name = _read(f, length).decode()
         elif field == _TENSOR_DATA_TYPE and wire == 0:
-            data_type = value
+            t.data_type = value
         elif field == _TENSOR_RAW_DATA and wire == 2:
-            raw = (value, length)
+            t.raw = (value, length)
+        elif field == _TENSOR_DIMS and wire == 0:
+            t.dims.append(value)
+        elif field == _TENSOR_DIMS and wire == 2:  # packed
+            f.seek(value)
+            while f.tell() < value + length:
+                t.dims.append(_varint(f))
+        elif field == _TENSOR_DATA_LOCATION and wire == 0:
+            t.location = value
+        elif field == _TENSOR_EXTERNAL_DATA and wire == 2:
+            key = entry = ""
+            for e_field, e_wire, e_value, e_length in _fields(f, value + length):
+                if e_field in (_ENTRY_KEY, _ENTRY_VALUE) and e_wire == 2:
+                    f.seek(e_value)
+                    text = _read(f, e_length).decode()
+                    if e_field == _ENTRY_KEY:
+                        key = text
+                    else:
+                        entry = text
+            t.external[key] = entry
     f.seek(end)
-    if raw is None or raw[1] == 0 or not name:
-        return None
-    return Tensor(name, raw[0], raw[1], _ONNX_FLOAT_WIDTH.get(data_type, 1))
+    return t

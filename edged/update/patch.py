@@ -287,7 +287,7 @@ def create(
     ops: list[Op] = []
     with base.open("rb") as bf, target.open("rb") as tf, payload_tmp.open("w+b") as pf:
         payload_tmp.unlink()  # anonymous from here on: nothing to clean up after a crash
-        base_layout, target_layout = detect(bf), detect(tf)
+        base_layout, target_layout = detect(bf, base), detect(tf, target)
         if not tensor_aware:
             base_layout = Layout("raw", base_layout.size, ())
         creator = _Creator(bf, tf, level, segment, window)

@@ -32,7 +32,7 @@ def finetune(
     shutil.copyfile(src, dst)
     rng = np.random.default_rng(seed)
     with dst.open("r+b") as f:
-        layout = detect(f)
+        layout = detect(f, src)  # src: an external-data file's model sits next to it
         floats = [t for t in layout.tensors if t.width in _FLOAT]
         if not floats:
             raise ValueError(f"{src}: no float tensors to fine-tune ({layout.kind} layout)")
