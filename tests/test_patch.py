@@ -490,3 +490,30 @@ def test_not_a_patch(tmp_path: Path) -> None:
     (tmp_path / "x").write_bytes(b"hello world, definitely not a patch" * 3)
     with pytest.raises(patch.PatchError, match="not an edged patch"):
         patch.read_header(tmp_path / "x")
+
+
+def test_planes_are_coded_near_their_order0_entropy(tmp_path: Path) -> None:
+    """Byte planes of a fine-tune are nearly memoryless noise: the plane coder must spend
+    little more than their order-0 entropy (zstd level 3 spends ~25% more, matching noise)."""
+    from edged.demo import gguf_llama
+
+    gguf_llama(tmp_path / "a.gguf", n_embd=256, n_ff=512)
+    finetune(tmp_path / "a.gguf", tmp_path / "b.gguf", fraction=1.0, relative=1e-3)
+    base, target = (tmp_path / "a.gguf").read_bytes(), (tmp_path / "b.gguf").read_bytes()
+    with (tmp_path / "a.gguf").open("rb") as f:
+        tensors = [t for t in detect(f).tensors if t.width == 2 and t.length >= 1 << 16]
+    entropy = coded = level3 = 0.0
+    for t in tensors:
+        planes = transform.forward(
+            transform.DIFF, base[t.offset : t.end], target[t.offset : t.end], 2
+        )
+        for i in range(2):
+            plane = np.frombuffer(planes, np.uint8)[i * (t.length // 2) : (i + 1) * (t.length // 2)]
+            counts = np.unique(plane, return_counts=True)[1]
+            p = counts / counts.sum()
+            entropy += float(-(p * np.log2(p)).sum()) * plane.size / 8
+        coded += len(transform.compress_planes(planes))
+        level3 += len(transform.compress(planes, 3))
+    assert entropy > 0
+    assert coded < 1.03 * entropy + 200 * len(tensors)
+    assert coded < 0.9 * level3

@@ -224,10 +224,15 @@ class _Creator:
         # Small chunks (norms, biases, whole tensors of small models) afford zstd's strongest
         # level; it costs milliseconds there and a few percent of the patch.
         level = SMALL_CHUNK_LEVEL if job.length <= SMALL_CHUNK else self.level
+        # Which transform suits the chunk shows at zstd's fastest level already; only the
+        # winner gets the entropy-tuned pass, which costs ~4x level 3.
+        trials = []
         for kind, name in ((XOR, transform.XOR), (DIFF, transform.DIFF)):
             planes = transform.forward(name, base, target, job.width)
-            payload = transform.compress(planes, level)
-            candidates.append((Op(kind, job.length, job.base, 0, job.width, len(payload)), payload))
+            trials.append((len(transform.compress(planes, 1)), kind, planes))
+        _, kind, planes = min(trials, key=lambda trial: trial[0])
+        payload = transform.compress_planes(planes)
+        candidates.append((Op(kind, job.length, job.base, 0, job.width, len(payload)), payload))
         if job.length >= transform.MIN_PREFIX:
             payload = transform.compress(target, level, prefix=base)
             op = Op(ZSTD, job.length, job.base, job.length, 1, len(payload))
