@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import Request, RequestHistory
@@ -78,6 +81,52 @@ def test_transition_probabilities_are_learned_online() -> None:
     assert tr.probability("detector", "recognizer") == pytest.approx(10 / 21)
     assert tr.probability("classifier", "detector") == 0.0  # 9.9 s later: outside the window
     assert [b for b, _ in tr.followers("detector", 0.3)] == ["classifier", "recognizer"]
+
+
+def naive_follow_counts(
+    events: list[tuple[float, str]], window: float, halve_at: int
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The definition, literally: each A request counts once for every other model requested
+    within ``window`` after it; halving as in Transitions."""
+    count: collections.Counter[str] = collections.Counter()
+    follow: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    recent: list[tuple[float, str, set[str]]] = []
+    for t, model in events:
+        recent = [r for r in recent if r[0] >= t - window]
+        for _, earlier, credited in recent:
+            if earlier != model and model not in credited:
+                credited.add(model)
+                follow[earlier][model] += 1
+        recent.append((t, model, set()))
+        count[model] += 1
+        if count[model] >= halve_at:
+            count[model] //= 2
+            for other in list(follow[model]):
+                follow[model][other] //= 2
+    return dict(count), {a: {b: n for b, n in c.items() if n} for a, c in follow.items()}
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0.0, 1.5), st.sampled_from("abcd")), min_size=1, max_size=300
+    ),
+    halve_at=st.integers(2, 50),
+)
+def test_transitions_count_like_the_definition(
+    steps: list[tuple[float, str]], halve_at: int
+) -> None:
+    events, t = [], 0.0
+    for gap, model in steps:
+        t += gap
+        events.append((t, model))
+    tr = Transitions(window=2.0, halve_at=halve_at)
+    for t, model in events:
+        tr.observe(t, model)
+    count, follow = naive_follow_counts(events, 2.0, halve_at)
+    assert dict(tr.count) == count
+    assert {a: {b: n for b, n in c.items() if n} for a, c in tr.follow.items() if c} == {
+        a: c for a, c in follow.items() if c
+    }
 
 
 def test_a_model_unused_for_a_week_is_not_preloaded() -> None:
