@@ -84,13 +84,17 @@ class ExactPeriod:
         self._hopeless = significance ** (1 / (max_beats - 1))
 
     def observe(self, t: float) -> None:
-        arrivals = list(self.arrivals)
-        self.arrivals.append(t)
         for period, last in list(self.timers.items()):
             if any(abs(t - (last + k * period)) <= self._slack(period) for k in (1, 2)):
                 self.timers[period] = t  # the timer fired again (perhaps after a missed beat)
-        if len(arrivals) < self.min_beats - 1 or t <= arrivals[0]:
+        arrivals_so_far = len(self.arrivals)
+        if arrivals_so_far < max(self.min_beats - 1, 1) or t - self.arrivals[0] < self.min_period:
+            # Every remembered arrival is too recent to start a period: a busy model's steady
+            # case, which must cost next to nothing per request.
+            self.arrivals.append(t)
             return
+        arrivals = list(self.arrivals)
+        self.arrivals.append(t)
         rate = len(arrivals) / (t - arrivals[0])
         for a in reversed(arrivals):
             period = t - a
