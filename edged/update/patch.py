@@ -296,23 +296,30 @@ def create(
         if not tensor_aware:
             base_layout = Layout("raw", base_layout.size, ())
         creator = _Creator(bf, tf, level, segment, window)
+        jobs = creator.jobs(base_layout, target_layout)
+
+        def emit(result: _Result) -> None:
+            for op, payload in result:
+                pf.write(payload)
+                _append(ops, op)
+                if progress:
+                    progress(op.length)
+
         workers = workers or os.cpu_count() or 1
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pending: collections.deque[concurrent.futures.Future[_Result]] = collections.deque()
-
-            def drain_one() -> None:
-                for op, payload in pending.popleft().result():
-                    pf.write(payload)
-                    _append(ops, op)
-                    if progress:
-                        progress(op.length)
-
-            for job in creator.jobs(base_layout, target_layout):
-                pending.append(pool.submit(creator.run, job))
-                if len(pending) >= 2 * workers:  # bounded memory: a few chunks in flight
-                    drain_one()
-            while pending:
-                drain_one()
+        if workers == 1 or target_size <= CHUNK:
+            # A small file is a few milliseconds of work: handing each job to a thread and
+            # back would cost more than it saves.
+            for job in jobs:
+                emit(creator.run(job))
+        else:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                pending: collections.deque[concurrent.futures.Future[_Result]] = collections.deque()
+                for job in jobs:
+                    pending.append(pool.submit(creator.run, job))
+                    if len(pending) >= 2 * workers:  # bounded memory: a few chunks in flight
+                        emit(pending.popleft().result())
+                while pending:
+                    emit(pending.popleft().result())
         header = Header(
             base_sha, base_size, target_sha, target_size, target_layout.kind, tuple(ops), 0, 0
         )
