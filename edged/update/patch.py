@@ -221,9 +221,6 @@ class _Creator:
         if base == target:
             return [(Op(COPY, job.length, job.base), b"")]
         candidates: list[tuple[Op, bytes]] = []
-        # Small chunks (norms, biases, whole tensors of small models) afford zstd's strongest
-        # level; it costs milliseconds there and a few percent of the patch.
-        level = SMALL_CHUNK_LEVEL if job.length <= SMALL_CHUNK else self.level
         # Which transform suits the chunk shows at zstd's fastest level already; only the
         # winner gets the entropy-tuned pass, which costs ~4x level 3.
         trials = []
@@ -234,7 +231,12 @@ class _Creator:
         payload = transform.compress_planes(planes)
         candidates.append((Op(kind, job.length, job.base, 0, job.width, len(payload)), payload))
         if job.length >= transform.MIN_PREFIX:
-            payload = transform.compress(target, level, prefix=base)
+            payload = transform.compress(target, self.level, prefix=base)
+            # Small chunks (norms, biases, whole tensors of small models) afford zstd's
+            # strongest level, worth a few percent there — when the reference is in the race
+            # at all: after a fine-tune the planes win by far and level 19 would be wasted.
+            if job.length <= SMALL_CHUNK and len(payload) < 1.25 * len(candidates[0][1]):
+                payload = transform.compress(target, SMALL_CHUNK_LEVEL, prefix=base)
             op = Op(ZSTD, job.length, job.base, job.length, 1, len(payload))
             candidates.append((op, payload))
         return [min(candidates, key=lambda c: len(c[1]))]
