@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_models)
 
     for name, text in (
-        ("pin", "never evict or downgrade a model"),
+        ("pin", "hold a model's variant: never evicted, downgraded or swapped"),
         ("unpin", "let the residency policy manage a model again"),
         ("evict", "unload a model now (it loads again on demand)"),
         ("load", "load a model now, optionally a given variant"),

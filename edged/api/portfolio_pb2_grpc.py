@@ -73,7 +73,8 @@ class PortfolioServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Pin(self, request, context):
-        """A pinned model is never evicted or downgraded.
+        """A pinned model holds its resident variant: never evicted, downgraded or
+        upgraded by the policy (Load still moves it to a given variant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
