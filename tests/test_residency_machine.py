@@ -84,6 +84,9 @@ class ResidencyMachine(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp(dir=_WORK))
         self.pressure = PressureState(self.tmp)
         self.budget = int(self.biggest * 2.5)
+        # A virtual clock, one second per step: request rates (and so every decision that
+        # weighs them) replay the same way when hypothesis shrinks or re-runs an example.
+        self.now = 0.0
         self.portfolio = Portfolio(
             self.store,
             CrashJournal(self.tmp / "journal"),
@@ -93,8 +96,11 @@ class ResidencyMachine(RuleBasedStateMachine):
                 ),
                 load_timeout=0.5,
                 drain_seconds=0.5,
+                # Upgrade whenever memory allows, busy or not: more variant changes to check.
+                upgrade_min_requests=0.0,
             ),
             system=self.pressure.system(),
+            clock=lambda: self.now,
         )
         self.portfolio.journal.start()
         self.portfolio.refresh()
@@ -105,6 +111,7 @@ class ResidencyMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def settle(self) -> None:
+        self.now += 1.0
         self.run(self.portfolio.tick())
 
     @rule(model=st.sampled_from(MODELS))
@@ -121,9 +128,10 @@ class ResidencyMachine(RuleBasedStateMachine):
         self.expect_served(model, serve())
         self.settle()
 
-    def expect_served(self, model: str, coro: Any) -> Any:
+    def expect_served(self, model: str, coro: Any, variant: str | None = None) -> Any:
         """Every request is served, unless the machine is so short of memory that even the
-        model's smallest variant cannot fit: then RESOURCE_EXHAUSTED, naming the model."""
+        model's smallest variant (or the one asked for) cannot fit: then RESOURCE_EXHAUSTED,
+        naming the model."""
         try:
             return self.run(coro)
         except EdgedError as exc:
@@ -132,6 +140,7 @@ class ResidencyMachine(RuleBasedStateMachine):
                 self.portfolio.expected_bytes(v, self.portfolio.verdict(v)[2])
                 * self.portfolio.correction
                 for v in self.store.manifest(model, "1").variants
+                if variant is None or v.id == variant
             )
             assert exc.code is ErrorCode.RESOURCE_EXHAUSTED, exc.message
             assert f"model {model}" in exc.message
@@ -152,6 +161,16 @@ class ResidencyMachine(RuleBasedStateMachine):
         lease = self.expect_served(model, self.portfolio.lease(model, ""))
         if lease is not None:
             self.held.append(lease)
+        self.settle()
+
+    @rule(model=st.sampled_from(MODELS), variant=st.sampled_from(["fp32", "int8"]))
+    def load(self, model: str, variant: str) -> None:
+        """The Load RPC: a given variant, making room for it like any load."""
+        slot = self.portfolio.slot(model)
+        self.expect_served(model, self.portfolio.ensure_ready(slot, variant), variant)
+        if slot.pinned and slot.handle is not None:
+            # An explicit load is the one way a pinned model changes variant.
+            self.pinned_resident[model] = slot.handle.variant.id
         self.settle()
 
     @rule()
@@ -221,7 +240,7 @@ def _store() -> None:
 
 TestResidencyMachine = ResidencyMachine.TestCase
 TestResidencyMachine.settings = settings(
-    max_examples=12,
+    max_examples=25,
     stateful_step_count=14,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
