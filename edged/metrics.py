@@ -23,9 +23,22 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+class RequestMetrics:
+    """One model's request series, looked up once: ``labels()`` costs a locked dict lookup on
+    every call, and these are touched by every request."""
+
+    __slots__ = ("error", "ok", "seconds")
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.ok = metrics.requests.labels(model, "ok")
+        self.error = metrics.requests.labels(model, "error")
+        self.seconds = metrics.request_seconds.labels(model)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._per_model: dict[str, RequestMetrics] = {}
         self.requests = Counter(
             "edged_requests",
             "Inference requests by model and outcome",
@@ -123,6 +136,14 @@ class Metrics:
             "Quality of the variant that served each request (sum / count = mean)",
             registry=r,
         )
+
+    def for_model(self, model: str) -> RequestMetrics:
+        """The request series of ``model`` (a known model: names from the network must be
+        checked first, or the label set grows without bound)."""
+        found = self._per_model.get(model)
+        if found is None:
+            found = self._per_model[model] = RequestMetrics(self, model)
+        return found
 
     def watch(self, portfolio: Portfolio) -> None:
         self.registry.register(_PortfolioCollector(portfolio))

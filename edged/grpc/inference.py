@@ -130,9 +130,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return
         elapsed = time.perf_counter_ns() - start_ns
         slot.stats.record(ok, elapsed)
-        self.metrics.requests.labels(model, "ok" if ok else "error").inc()
+        series = self.metrics.for_model(model)
         if ok:
-            self.metrics.request_seconds.labels(model).observe(elapsed / 1e9)
+            series.ok.inc()
+            series.seconds.observe(elapsed / 1e9)
+        else:
+            series.error.inc()
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
