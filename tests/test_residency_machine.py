@@ -135,10 +135,9 @@ class ResidencyMachine(RuleBasedStateMachine):
         try:
             return self.run(coro)
         except EdgedError as exc:
-            # As the portfolio charges a load: the probe's figure times the observed correction.
+            # As the portfolio charges a load (probe or last measurement, times the correction).
             smallest = min(
-                self.portfolio.expected_bytes(v, self.portfolio.verdict(v)[2])
-                * self.portfolio.correction
+                self.portfolio.charge(v)
                 for v in self.store.manifest(model, "1").variants
                 if variant is None or v.id == variant
             )

@@ -139,6 +139,9 @@ class Portfolio:
         self.baseline_rss = rss_bytes()
         # Measured RSS above the baseline over the sum of per-load measurements (>= 1).
         self.correction = 1.0
+        # What each variant measured when it last loaded in this process, alone: the subprocess
+        # probe's figure can be a little low, and an upgrade planned on it then overshoots.
+        self._measured: dict[str, int] = {}
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -263,10 +266,16 @@ class Portfolio:
             return by_rate
         return max(by_rate, self.expected(slot.name))
 
+    def charge(self, variant: Variant, result: ProbeResult | None = None) -> int:
+        """The bytes a load of ``variant`` is planned with: the larger of the probe's figure and
+        its last measurement in this process, times the correction."""
+        probed = self.expected_bytes(variant, result or self.verdict(variant)[2])
+        return int(max(probed, self._measured.get(variant_key(variant), 0)) * self.correction)
+
     def _option(self, variant: Variant, result: ProbeResult | None) -> Option:
         return Option(
             variant.id,
-            int(self.expected_bytes(variant, result) * self.correction),
+            self.charge(variant, result),
             variant.quality,
             result.load_seconds if result else 1.0,
         )
@@ -472,9 +481,18 @@ class Portfolio:
             await self._retire(old)
 
     async def _shed_if_over(self, protect: str | None = None, why: str = "memory") -> None:
+        # A downgrade's small variant is planned on an estimate and may measure more once
+        # loaded: then plan again from what is resident now (a few rounds at most).
+        for _ in range(3):
+            accounted = self.accounted()
+            if accounted <= self.reading.bytes:
+                return
+            await self._shed_round(protect, why)
+            if self.accounted() >= accounted:
+                return  # nothing more could leave
+
+    async def _shed_round(self, protect: str | None, why: str) -> None:
         over = self.accounted() - self.reading.bytes
-        if over <= 0:
-            return
         residents = [r for r in self.residents() if r.model != protect]
         actions = plan(residents, over, self.settings.weights)
         if actions is None:
@@ -532,6 +550,9 @@ class Portfolio:
                 if self.metrics is not None:
                     self.metrics.upgrades.inc()
                 await self._switch(slot, handle.manifest.variant(target.variant), "upgraded")
+                # Planned on estimates: if the load measured more, the policy sheds the excess
+                # now rather than on the next tick.
+                await self._shed_if_over()
                 return
 
     def _notify(self) -> None:
@@ -579,6 +600,8 @@ class Portfolio:
         if stats.memory_bytes <= 0 or overlapped:
             stats.rss_delta_bytes = self.expected_bytes(variant, self.verdict(variant)[2])
             stats.mapped_bytes = 0
+        else:
+            self._measured[key] = stats.memory_bytes
         self.journal.set(key, RESIDENT)
         if self.metrics is not None:
             self.metrics.loads.labels(manifest.name, variant.id).inc()
