@@ -135,9 +135,10 @@ class ResidencyMachine(RuleBasedStateMachine):
         try:
             return self.run(coro)
         except EdgedError as exc:
-            # As the portfolio charges a load (probe or last measurement, times the correction).
+            # As the portfolio charges a load: the probe's figure times the observed correction.
             smallest = min(
-                self.portfolio.charge(v)
+                self.portfolio.expected_bytes(v, self.portfolio.verdict(v)[2])
+                * self.portfolio.correction
                 for v in self.store.manifest(model, "1").variants
                 if variant is None or v.id == variant
             )

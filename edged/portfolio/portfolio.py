@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# After an upgrade that did not fit once loaded, how long before that model may try again.
+UPGRADE_BACKOFF_SECONDS = 300.0
+
 
 def _background_priority() -> None:
     """Run preloads below the request path's priority (nice 10 on this thread only)."""
@@ -139,9 +142,6 @@ class Portfolio:
         self.baseline_rss = rss_bytes()
         # Measured RSS above the baseline over the sum of per-load measurements (>= 1).
         self.correction = 1.0
-        # What each variant measured when it last loaded in this process, alone: the subprocess
-        # probe's figure can be a little low, and an upgrade planned on it then overshoots.
-        self._measured: dict[str, int] = {}
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -266,16 +266,10 @@ class Portfolio:
             return by_rate
         return max(by_rate, self.expected(slot.name))
 
-    def charge(self, variant: Variant, result: ProbeResult | None = None) -> int:
-        """The bytes a load of ``variant`` is planned with: the larger of the probe's figure and
-        its last measurement in this process, times the correction."""
-        probed = self.expected_bytes(variant, result or self.verdict(variant)[2])
-        return int(max(probed, self._measured.get(variant_key(variant), 0)) * self.correction)
-
     def _option(self, variant: Variant, result: ProbeResult | None) -> Option:
         return Option(
             variant.id,
-            self.charge(variant, result),
+            int(self.expected_bytes(variant, result) * self.correction),
             variant.quality,
             result.load_seconds if result else 1.0,
         )
@@ -534,6 +528,8 @@ class Portfolio:
             # A pin holds the variant that is resident: no automatic swap in either direction.
             if handle is None or handle.inflight > 0 or slot.pinned:
                 continue
+            if slot.upgrade_after > self.clock():
+                continue
             options = self._known_options(handle.manifest)
             current = next((o for v, o in options if v.id == handle.variant.id), None)
             if current is None:
@@ -550,9 +546,11 @@ class Portfolio:
                 if self.metrics is not None:
                     self.metrics.upgrades.inc()
                 await self._switch(slot, handle.manifest.variant(target.variant), "upgraded")
-                # Planned on estimates: if the load measured more, the policy sheds the excess
-                # now rather than on the next tick.
-                await self._shed_if_over()
+                if self.accounted() > self.reading.bytes:
+                    # Planned on an estimate, the load measured more: shed the excess now, and
+                    # do not try this model again for a while (no upgrade/shed churn).
+                    slot.upgrade_after = self.clock() + UPGRADE_BACKOFF_SECONDS
+                    await self._shed_if_over()
                 return
 
     def _notify(self) -> None:
@@ -600,8 +598,6 @@ class Portfolio:
         if stats.memory_bytes <= 0 or overlapped:
             stats.rss_delta_bytes = self.expected_bytes(variant, self.verdict(variant)[2])
             stats.mapped_bytes = 0
-        else:
-            self._measured[key] = stats.memory_bytes
         self.journal.set(key, RESIDENT)
         if self.metrics is not None:
             self.metrics.loads.labels(manifest.name, variant.id).inc()

@@ -172,6 +172,8 @@ class Slot:
     rate: DecayedRate = dataclasses.field(init=False)
     # Set while a preload of the active version is in flight; requests wait on it.
     preloading: asyncio.Future[Handle | None] | None = None
+    # Portfolio clock before which the policy does not try to upgrade this model again.
+    upgrade_after: float = 0.0
 
     def __post_init__(self, half_life: float) -> None:
         self.rate = DecayedRate(half_life)
