@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 from edged.portfolio.journal import CrashJournal
@@ -63,13 +65,33 @@ def test_a_pinned_model_keeps_its_variant(tmp_path: Path) -> None:
 
 def test_an_upgrade_that_does_not_fit_once_loaded_is_shed_and_not_retried(tmp_path: Path) -> None:
     """The plan said fp32 fits (its estimate is wrong here, on purpose); the real load does
-    not: the tick leaves the portfolio within its budget and does not try again at once."""
-    portfolio = _portfolio(tmp_path)
+    not: the tick leaves the portfolio within its budget and does not try again at once.
+
+    Runs in a fresh interpreter: a load's memory is measured as the process's RSS growth, which
+    memory freed by earlier tests in this process would hide."""
+    root = Path(__file__).resolve().parent.parent
+    scenario = f"import tests.test_portfolio_upgrade as t; t._overshoot({str(tmp_path)!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", scenario],
+        check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "overshoot shed" in done.stdout
+
+
+def _overshoot(tmp: str) -> None:
+    portfolio = _portfolio(Path(tmp))
 
     async def run() -> None:
         slot = portfolio.slot("m")
         try:
             await portfolio.ensure_ready(slot, "int8")
+            await portfolio.tick()  # settles the RSS correction; no requests yet: no upgrade
+            assert slot.handle is not None and slot.handle.variant.id == "int8"
             for _ in range(20):
                 (await portfolio.lease("m", "")).release()
             int8_bytes = portfolio.accounted()
@@ -77,9 +99,8 @@ def test_an_upgrade_that_does_not_fit_once_loaded_is_shed_and_not_retried(tmp_pa
             assert fp32 is not None
             fp32_bytes = portfolio.expected_bytes(fp32, portfolio.verdict(fp32)[2])
             assert fp32_bytes > 2 * int8_bytes
-            # Room for int8 and a little more (the load's own measurement of fp32 may come out
-            # below the probe's figure, never near int8's), and an estimate that says fp32 takes
-            # almost nothing.
+            # Room for int8 and a little more, and an estimate that says fp32 takes one byte
+            # more than int8.
             portfolio.settings = dataclasses.replace(
                 portfolio.settings, budget=BudgetSettings(configured=int(int8_bytes * 1.1))
             )
@@ -87,17 +108,20 @@ def test_an_upgrade_that_does_not_fit_once_loaded_is_shed_and_not_retried(tmp_pa
 
             def underestimated(variant: Variant, result: ProbeResult | None) -> Option:
                 option = plan_option(variant, result)
-                return dataclasses.replace(option, bytes=1000) if variant.id == "fp32" else option
+                if variant.id != "fp32":
+                    return option
+                return dataclasses.replace(option, bytes=int8_bytes + 1)
 
             portfolio._option = underestimated  # type: ignore[method-assign]
             loads = portfolio._loads_started
             await portfolio.tick()
             assert portfolio._loads_started > loads, "the upgrade was not attempted"
-            assert portfolio.accounted() <= portfolio.reading.bytes
+            assert portfolio.accounted() <= portfolio.reading.bytes, slot.reason
             assert slot.upgrade_after > portfolio.clock(), slot.reason
             loads = portfolio._loads_started
             await portfolio.tick()
             assert portfolio._loads_started == loads, "the upgrade was retried at once"
+            print("overshoot shed")
         finally:
             await portfolio.close()
             portfolio.journal.close()
