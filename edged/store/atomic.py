@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: Path) -> None:
@@ -25,25 +27,27 @@ def commit(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomically replace ``path`` with ``data``."""
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content into: it replaces ``path`` (fsynced, renamed,
+    directory fsynced) when the block ends normally, and is removed when it raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         commit(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    with replacing(path, mode) as f:
+        f.write(data)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -359,20 +359,12 @@ def _write(out: Path, header: Header, payloads: BinaryIO) -> Header:
     ).encode()
     head = MAGIC + struct.pack("<I", len(meta)) + meta + packed_table
     payload_size = sum(op.payload for op in header.ops)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256(head)
-    try:
-        with tmp.open("wb") as f:
-            f.write(head)
-            payloads.flush()
-            _stream(payloads.fileno(), 0, payload_size, digest, f)
-            f.write(digest.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        atomic.commit(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic.replacing(out) as f:
+        f.write(head)
+        payloads.flush()
+        _stream(payloads.fileno(), 0, payload_size, digest, f)
+        f.write(digest.digest())
     return dataclasses.replace(header, payload_start=len(head), payload_size=payload_size)
 
 
@@ -548,15 +540,6 @@ def apply(
     """Apply ``patch`` to ``base`` and write the verified target to ``out`` atomically."""
     header = read_header(patch)
     check_base(header, base)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            apply_to(header, base, patch, f, progress)
-            f.flush()
-            os.fsync(f.fileno())
-        atomic.commit(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic.replacing(out) as f:
+        apply_to(header, base, patch, f, progress)
     return header
