@@ -87,14 +87,14 @@ class ExactPeriod:
         for period, last in list(self.timers.items()):
             if any(abs(t - (last + k * period)) <= self._slack(period) for k in (1, 2)):
                 self.timers[period] = t  # the timer fired again (perhaps after a missed beat)
-        arrivals_so_far = len(self.arrivals)
-        if arrivals_so_far < max(self.min_beats - 1, 1) or t - self.arrivals[0] < self.min_period:
+        recent = self.arrivals
+        if len(recent) < max(self.min_beats - 1, 1) or t - recent[0] < self.min_period:
             # Every remembered arrival is too recent to start a period: a busy model's steady
             # case, which must cost next to nothing per request.
-            self.arrivals.append(t)
+            recent.append(t)
             return
-        arrivals = list(self.arrivals)
-        self.arrivals.append(t)
+        arrivals = list(recent)  # before t: the candidates for its previous beats
+        recent.append(t)
         rate = len(arrivals) / (t - arrivals[0])
         for a in reversed(arrivals):
             period = t - a

@@ -526,9 +526,12 @@ class Portfolio:
         for name, slot in sorted(self.slots.items()):
             handle = slot.handle
             # A pin holds the variant that is resident: no automatic swap in either direction.
-            if handle is None or handle.inflight > 0 or slot.pinned:
-                continue
-            if slot.upgrade_after > self.clock():
+            if (
+                handle is None
+                or handle.inflight > 0
+                or slot.pinned
+                or slot.upgrade_after > self.clock()
+            ):
                 continue
             options = self._known_options(handle.manifest)
             current = next((o for v, o in options if v.id == handle.variant.id), None)

@@ -220,7 +220,6 @@ class _Creator:
         target = os.pread(self.target_fd, job.length, job.target)
         if base == target:
             return [(Op(COPY, job.length, job.base), b"")]
-        candidates: list[tuple[Op, bytes]] = []
         # Which transform suits the chunk shows at zstd's fastest level already; only the
         # winner gets the entropy-tuned pass, which costs ~4x level 3.
         trials = []
@@ -229,17 +228,18 @@ class _Creator:
             trials.append((len(transform.compress(planes, 1)), kind, planes))
         _, kind, planes = min(trials, key=lambda trial: trial[0])
         payload = transform.compress_planes(planes)
-        candidates.append((Op(kind, job.length, job.base, 0, job.width, len(payload)), payload))
+        best = (Op(kind, job.length, job.base, 0, job.width, len(payload)), payload)
         if job.length >= transform.MIN_PREFIX:
-            payload = transform.compress(target, self.level, prefix=base)
+            referenced = transform.compress(target, self.level, prefix=base)
             # Small chunks (norms, biases, whole tensors of small models) afford zstd's
             # strongest level, worth a few percent there — when the reference is in the race
             # at all: after a fine-tune the planes win by far and level 19 would be wasted.
-            if job.length <= SMALL_CHUNK and len(payload) < 1.25 * len(candidates[0][1]):
-                payload = transform.compress(target, SMALL_CHUNK_LEVEL, prefix=base)
-            op = Op(ZSTD, job.length, job.base, job.length, 1, len(payload))
-            candidates.append((op, payload))
-        return [min(candidates, key=lambda c: len(c[1]))]
+            if job.length <= SMALL_CHUNK and len(referenced) < 1.25 * len(payload):
+                referenced = transform.compress(target, SMALL_CHUNK_LEVEL, prefix=base)
+            if len(referenced) < len(payload):
+                op = Op(ZSTD, job.length, job.base, job.length, 1, len(referenced))
+                best = (op, referenced)
+        return [best]
 
     def _run_generic(self, job: _GenericJob) -> _Result:
         target = os.pread(self.target_fd, job.length, job.target)
