@@ -131,8 +131,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
             await portfolio.close()
-            if preloader.history is not None:
-                preloader.history.close()
+            preloader.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped")

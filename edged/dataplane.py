@@ -23,6 +23,29 @@ _END = object()
 
 def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
     """Names, datatypes and shapes against the model's signature; errors name the tensor."""
+    if len(inputs) == len(specs):
+        for spec in specs:
+            if not _matches(spec, inputs.get(spec.name)):
+                break
+        else:
+            return  # the request path: every tensor as the model wants it
+    _explain_mismatch(model, specs, inputs)
+
+
+def _matches(spec: TensorSpec, array: Array | None) -> bool:
+    if array is None or len(array.shape) != len(spec.shape):
+        return False
+    datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype)
+    if datatype != spec.datatype:
+        return False
+    for want, got in zip(spec.shape, array.shape, strict=True):
+        if want >= 0 and want != got:
+            return False
+    return True
+
+
+def _explain_mismatch(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
+    """Raise the error that names what is wrong (only called when something is)."""
     expected = {s.name for s in specs}
     for spec in specs:
         if spec.name not in inputs:

@@ -54,7 +54,7 @@ class RequestHistory:
         self.max_rows = max_rows
         self.compact_every = max(max_rows // 10, 1)
         self.dropped = 0
-        self._queue: queue.Queue[Request | None] = queue.Queue(queue_size)
+        self._queue: queue.Queue[Request | list[Request] | None] = queue.Queue(queue_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
         try:
@@ -79,6 +79,13 @@ class RequestHistory:
             self._queue.put_nowait(request)
         except queue.Full:
             self.dropped += 1
+
+    def record_many(self, requests: list[Request]) -> None:
+        """Queue requests for writing as one item; never blocks."""
+        try:
+            self._queue.put_nowait(requests)
+        except queue.Full:
+            self.dropped += len(requests)
 
     def rows(self) -> Iterator[Request]:
         """Recorded requests, oldest first (what is still queued is not included)."""
@@ -109,8 +116,9 @@ class RequestHistory:
                         break
                 rows = [
                     (r.t, r.model, r.version, r.variant, r.latency_ms, int(r.warm))
-                    for r in batch
-                    if r is not None
+                    for item in batch
+                    if item is not None
+                    for r in (item if isinstance(item, list) else (item,))
                 ]
                 try:
                     with db:

@@ -33,6 +33,8 @@ _CONTENTS_FIELD = {
 }
 MAX_TOKENS_LIMIT = 8192
 _LEN = struct.Struct("<I")
+# numpy dtypes resolved once: the request path must not build them per tensor.
+_DTYPES = {name: np.dtype(t) for name, t in DATATYPE_TO_NUMPY.items()}
 
 
 def deserialize_bytes(data: bytes, count: int, name: str) -> Array:
@@ -75,14 +77,14 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
         name = tensor.name
         if name in arrays:
             raise InvalidInputError(f"input tensor {name!r} appears twice")
-        dtype = DATATYPE_TO_NUMPY.get(tensor.datatype)
+        dtype = _DTYPES.get(tensor.datatype)
         if dtype is None:
             raise InvalidInputError(
                 f"input tensor {name!r}: unknown datatype {tensor.datatype!r} "
                 f"(expected one of {', '.join(DATATYPE_TO_NUMPY)})"
             )
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise InvalidInputError(f"input tensor {name!r}: negative dimension in {list(shape)}")
         count = math.prod(shape)
         if raw:
@@ -93,17 +95,18 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
 
 
 def _from_raw(
-    data: bytes, datatype: str, dtype: Any, shape: tuple[int, ...], count: int, name: str
+    data: bytes, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], count: int, name: str
 ) -> Array:
     if datatype == "BYTES":
         return deserialize_bytes(data, count, name).reshape(shape)
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = dtype.itemsize
     if len(data) != count * itemsize:
         raise InvalidInputError(
             f"input tensor {name!r}: shape {list(shape)} of {datatype} holds {count} elements "
             f"({count * itemsize} bytes), got {len(data)} bytes"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    # A read-only view of the request's bytes: no copy.
+    return np.ndarray(shape, dtype, buffer=data)
 
 
 def _from_contents(
@@ -133,6 +136,8 @@ def parameter_value(param: pb.InferParameter) -> Any:
 
 def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[GenerationParams, bool]:
     """(sampling settings, whether to stream) from request parameters, checked."""
+    if not parameters:
+        return _DEFAULT_PARAMS, False
     max_tokens, temperature, stream = GenerationParams.max_tokens, 0.0, False
     if "max_tokens" in parameters:
         value = parameter_value(parameters["max_tokens"])
@@ -161,6 +166,9 @@ def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[Gene
             raise InvalidInputError(f"parameter 'stream': expected true or false, got {value!r}")
         stream = value
     return GenerationParams(max_tokens=max_tokens, temperature=temperature), stream
+
+
+_DEFAULT_PARAMS = GenerationParams(max_tokens=GenerationParams.max_tokens, temperature=0.0)
 
 
 def _number(value: Any) -> float | None:
@@ -209,7 +217,7 @@ def infer_response(
             datatype, payload = "BYTES", serialize_bytes(array)
         else:
             datatype = NUMPY_TO_DATATYPE[array.dtype]
-            payload = np.ascontiguousarray(array).tobytes()
+            payload = array.tobytes()  # C order whatever the array's layout
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         response.raw_output_contents.append(payload)
     return response

@@ -15,7 +15,7 @@ from edged.api import inference_pb2_grpc as pb_grpc
 from edged.dataplane import DataPlane
 from edged.errors import EdgedError, ErrorCode, NotFoundError
 from edged.grpc import convert
-from edged.grpc.status import mapped_errors
+from edged.grpc.status import abort, mapped_errors
 from edged.metrics import Metrics
 from edged.portfolio.portfolio import Portfolio
 from edged.runtime.base import Array, GenerationParams, TensorSpec
@@ -98,8 +98,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ---------------------------------------------------------------------------
 
-    @mapped_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        # The hot path: errors are mapped here rather than by @mapped_errors, one coroutine less.
         start = time.perf_counter_ns()
         ok = False
         try:
@@ -108,6 +108,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._infer(request, inputs, params)
             ok = True
             return response
+        except Exception as exc:
+            await abort(context, exc, "ModelInfer")
         finally:
             self._observe(request.model_name, ok, start)
 

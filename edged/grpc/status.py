@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -32,18 +32,26 @@ R = TypeVar("R")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
 
 
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str
+) -> NoReturn:
+    """End the call with the status and message of an EdgedError; never leak a traceback."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # the handler ended the call itself
+    if isinstance(exc, EdgedError):
+        await context.abort(STATUS[exc.code], exc.message)
+    log.error("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the daemon's log")
+
+
 def mapped_errors(fn: Method[R]) -> Method[R]:
-    """Abort the call with the status and message of an EdgedError; never leak a traceback."""
+    """Wrap a handler so that its errors end the call as ``abort`` does."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
             return await fn(self, request, context)
-        except EdgedError as exc:
-            await context.abort(STATUS[exc.code], exc.message)
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the daemon's log")
-        raise AssertionError("unreachable: context.abort raises")
+        except Exception as exc:
+            await abort(context, exc, fn.__name__)
 
     return wrapper

@@ -17,6 +17,8 @@ from pathlib import Path
 _MAGIC = b"EDGEDJ01"
 _HEADER = struct.Struct("<8sI4x")  # magic, clean-shutdown flag
 _SLOT = struct.Struct("<72sII")  # key, state, in-flight requests
+_INFLIGHT = struct.Struct("<I")
+_INFLIGHT_OFFSET = 76  # of the in-flight count within a slot
 SLOTS = 512
 SIZE = _HEADER.size + SLOTS * _SLOT.size
 
@@ -74,6 +76,16 @@ class CrashJournal:
             self._slots[key] = index
         _SLOT.pack_into(
             self._map, _HEADER.size + index * _SLOT.size, key.encode()[:72], state, inflight
+        )
+
+    def set_inflight(self, key: str, inflight: int) -> None:
+        """The request path's write: only the in-flight count of a resident variant's slot."""
+        index = self._slots.get(key)
+        if index is None:
+            self.set(key, RESIDENT, inflight)
+            return
+        _INFLIGHT.pack_into(
+            self._map, _HEADER.size + index * _SLOT.size + _INFLIGHT_OFFSET, inflight
         )
 
     def clear(self, key: str) -> None:

@@ -5,6 +5,11 @@ Two triggers: a scheduled job (every ``interval``) that looks ``lead`` seconds a
 model, and a hook on each request arrival that loads the models likely to follow it (pipelines).
 Every request is written to the request history, off the request path, so forecasts survive a
 restart.
+
+Learning is batched: an arrival costs the request path a list append and a look-up of the models
+that follow it (so pipeline preloads start at once); the forecasters' bookkeeping and the history
+records run every ``FLUSH_SECONDS`` for all arrivals since, in arrival order, with their own
+timestamps (docs/performance.md). Whatever reads a forecast flushes first.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
     from edged.portfolio.portfolio import Portfolio
 
 log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +63,9 @@ class Preloader:
         self.metrics = metrics
         self._predicted_next: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._arrivals: list[tuple[float, str]] = []
+        self._completed: list[Request] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         portfolio.expected = self.expected_requests
         portfolio.on_arrival = self.on_arrival
         portfolio.on_complete = self.on_complete
@@ -71,23 +81,24 @@ class Preloader:
         return count
 
     def expected_requests(self, model: str) -> float:
+        self.flush()
         return self.forecaster.forecast(
             model, self.clock(), self.settings.horizon
         ).expected_requests
 
     def on_arrival(self, model: str) -> None:
-        """A request for ``model`` arrived: learn from it, and load what usually follows it."""
-        now = self.clock()
-        predicted = self._predicted_next.pop(model, None)
-        if predicted is not None and self.metrics is not None:
-            self.metrics.forecast_error.observe(abs(now - predicted))
-        followers = self.forecaster.observe(now, model)
-        forecast = self.forecaster.forecast(model, now, self.settings.horizon)
-        if forecast.next_arrival is not None and forecast.next_arrival > now:
-            self._predicted_next[model] = forecast.next_arrival
+        """A request for ``model`` arrived: note it for learning; load what usually follows it."""
+        self._arrivals.append((self.clock(), model))
+        self._schedule_flush()
         if not self.settings.enabled:
             return
-        for follower, probability in followers:
+        transitions = self.forecaster.transitions
+        for follower, probability in transitions.followers(
+            model, self.forecaster.min_transition_probability
+        ):
+            slot = self.portfolio.slots.get(follower)
+            if slot is not None and (slot.handle is not None or slot.preloading is not None):
+                continue  # already there or on its way: a preload would return at once
             self._spawn(
                 self.portfolio.preload(
                     follower,
@@ -102,7 +113,7 @@ class Preloader:
         if self.history is None:
             return
         handle = lease.handle
-        self.history.record(
+        self._completed.append(
             Request(
                 self.clock(),
                 handle.manifest.name,
@@ -112,9 +123,58 @@ class Preloader:
                 not lease.cold,
             )
         )
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a caller outside the daemon): learn at once
+            self.flush()
+            return
+        self._flush_timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Feed the arrivals and completed requests noted since the last flush to the forecasters
+        and the history, in order.
+
+        The forecast-error metric compares the next arrival predicted at one flush (from the
+        model's last arrival then) with the model's first arrival after it: the same measure as
+        per request, sampled at most once per model per flush.
+        """
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        arrivals, self._arrivals = self._arrivals, []
+        completed, self._completed = self._completed, []
+        if completed and self.history is not None:
+            self.history.record_many(completed)
+        if not arrivals:
+            return
+        first: dict[str, float] = {}
+        for t, model in arrivals:
+            self.forecaster.observe(t, model)
+            first.setdefault(model, t)
+        for model, t in first.items():
+            predicted = self._predicted_next.pop(model, None)
+            if predicted is not None and self.metrics is not None:
+                self.metrics.forecast_error.observe(abs(t - predicted))
+            last = self.forecaster.models[model].last
+            assert last is not None
+            forecast = self.forecaster.forecast(model, last, self.settings.horizon)
+            if forecast.next_arrival is not None and forecast.next_arrival > last:
+                self._predicted_next[model] = forecast.next_arrival
+
+    def close(self) -> None:
+        """Write what is still pending to the history and close it."""
+        self.flush()
+        if self.history is not None:
+            self.history.close()
 
     def candidates(self) -> list[tuple[str, float]]:
         """Models not resident whose next request is likely within the lead, most likely first."""
+        self.flush()
         absent = (
             name
             for name, slot in self.portfolio.slots.items()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from edged.portfolio.journal import RESIDENT, CrashJournal
+from edged.portfolio.journal import CrashJournal
 from edged.portfolio.residency import DecayedRate
 from edged.runtime.base import LoadStats, Runtime
 from edged.store.manifest import Manifest, Variant
@@ -52,13 +52,14 @@ class ComputeTiming:
     """How long a variant's inference takes, to decide whether a thread hop is worth it.
 
     Handing a call to a worker thread and back costs ~100 us of wakeups on a small CPU. A model
-    whose runs take a few microseconds is cheaper to run on the event loop than to hand off; a
-    model that takes longer must never run there. The decision uses an exponential average of
+    whose runs take less than about that is cheaper to run on the event loop than to hand off (the
+    bound sits above what a tiny MLP measures inside a busy daemon, so it does not flip between
+    the two); a model that takes longer must never run there. The decision uses an exponential average of
     measured run times, needs several fast runs in a row first, and is bounded by input size so
     one huge batch to a tiny model still goes to a worker.
     """
 
-    INLINE_MAX_NS = 50_000
+    INLINE_MAX_NS = 150_000
     INLINE_MAX_INPUT_BYTES = 64 * 1024
     WARM_RUNS = 8
 
@@ -117,11 +118,11 @@ class Handle:
     def acquire(self) -> None:
         self.inflight += 1
         self._idle.clear()
-        self._journal.set(self._journal_key, RESIDENT, self.inflight)
+        self._journal.set_inflight(self._journal_key, self.inflight)
 
     def release(self) -> None:
         self.inflight -= 1
-        self._journal.set(self._journal_key, RESIDENT, self.inflight)
+        self._journal.set_inflight(self._journal_key, self.inflight)
         if self.inflight == 0:
             self._idle.set()
 
