@@ -20,7 +20,7 @@ from tests.portfolios import mlp_family
 
 def _portfolio(tmp_path: Path) -> Portfolio:
     store = ModelStore(tmp_path / "store")
-    store.import_dir(mlp_family(tmp_path / "src", "m", (256, 512, 512, 64), seed=3))
+    store.import_dir(mlp_family(tmp_path / "src", "m", (512, 1024, 1024, 64), seed=3))
     portfolio = Portfolio(
         store,
         CrashJournal(tmp_path / "journal"),

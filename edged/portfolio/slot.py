@@ -54,9 +54,9 @@ class ComputeTiming:
     Handing a call to a worker thread and back costs ~100 us of wakeups on a small CPU. A model
     whose runs take less than about that is cheaper to run on the event loop than to hand off (the
     bound sits above what a tiny MLP measures inside a busy daemon, so it does not flip between
-    the two); a model that takes longer must never run there. The decision uses an exponential average of
-    measured run times, needs several fast runs in a row first, and is bounded by input size so
-    one huge batch to a tiny model still goes to a worker.
+    the two); a model that takes longer must never run there. The decision uses an exponential
+    average of measured run times, needs several fast runs in a row first, and is bounded by
+    input size so one huge batch to a tiny model still goes to a worker.
     """
 
     INLINE_MAX_NS = 150_000

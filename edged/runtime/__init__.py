@@ -12,12 +12,15 @@ def warm_runtimes() -> None:
     """Initialise the runtimes' process-wide state (onnxruntime's environment, llama.cpp's
     backend) before any variant loads, so that one-time cost lands in the daemon's baseline
     instead of the first model's measured memory."""
-    import numpy as np
     import onnxruntime
     from llama_cpp import llama_cpp
 
+    from edged.runtime.base import TensorSpec, example_inputs
+
     session = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
-    session.run(None, {"x": np.ones(1, np.float32)})
+    # Warm-up inputs come from numpy.random, a ~3 MB import numpy makes on first use: without
+    # this the first variant loaded (and every variant the probe measures) was charged for it.
+    session.run(None, example_inputs((TensorSpec("x", "FP32", (1,)),)))
     del session
     llama_cpp.llama_backend_init()
 
