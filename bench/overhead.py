@@ -52,7 +52,7 @@ MINIMAL_METHOD = "/bench.Minimal/Run"
 # name -> (layer sizes, batch). tiny: ~0.01 ms compute; mid: >= 5 ms compute on one thread.
 MODELS = {
     "tiny": ((64, 256, 256, 10), 1),
-    "mid": ((512, 2048, 2048, 2048, 512), 16),
+    "mid": ((512, 2048, 2048, 2048, 512), 20),
 }
 
 

@@ -58,8 +58,9 @@ def main() -> int:
         for seed in args.seeds:
             events = standard_trace(models, args.days, seed)
             policies: list[Policy] = [
+                EdgedPolicy(options, budget, preload=SimPreload(), start_loaded=True),
+                EdgedPolicy(options, budget, start_loaded=True),
                 EdgedPolicy(options, budget, preload=SimPreload()),
-                EdgedPolicy(options, budget),
             ]
             for cls in (LruPolicy, OllamaPolicy, HybridHistogramPolicy):
                 policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]

@@ -134,8 +134,9 @@ def main() -> int:
     for share in (0.3, 0.5, 0.7):
         budget = int(total_best * share)
         policies: list[Policy] = [
+            EdgedPolicy(options, budget, preload=SimPreload(), start_loaded=True),
+            EdgedPolicy(options, budget, start_loaded=True),
             EdgedPolicy(options, budget, preload=SimPreload()),
-            EdgedPolicy(options, budget),
         ]
         for cls in (LruPolicy, OllamaPolicy, GdsfPolicy):
             policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]

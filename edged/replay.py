@@ -127,8 +127,8 @@ def simulate(
 ) -> list[tuple[str, dict[str, float]]]:
     known = [(t, m) for t, m in events if m in options]
     policies: list[Policy] = [
-        EdgedPolicy(options, budget, preload=preload),
-        EdgedPolicy(options, budget),
+        EdgedPolicy(options, budget, preload=preload, start_loaded=True),
+        EdgedPolicy(options, budget, start_loaded=True),
     ]
     for cls in (LruPolicy, OllamaPolicy, GdsfPolicy, HybridHistogramPolicy):
         policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]

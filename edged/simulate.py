@@ -101,8 +101,12 @@ class EdgedPolicy(Policy):
         budget: int,
         weights: ScoringWeights | None = None,
         preload: SimPreload | None = None,
+        start_loaded: bool = False,
     ) -> None:
         super().__init__(options, budget)
+        # The daemon loads what fits before it reports ready (Portfolio.load_all); with
+        # ``start_loaded`` the replay does the same before the first request.
+        self._start_pending = start_loaded
         self.w = weights or ScoringWeights()
         self.rates = {m: DecayedRate(self.w.half_life_seconds) for m in options}
         self.next_upgrade = 0.0
@@ -119,6 +123,26 @@ class EdgedPolicy(Policy):
         self.ready_at: dict[str, float] = {}
         if preload is None:
             self.name = "edged (no preloading)"
+        elif not start_loaded:
+            self.name = "edged (empty start)"
+
+    def _start(self, t: float) -> None:
+        """Portfolio.load_all: busiest first, each load leaving room for the smallest variants of
+        the models after it, nothing evicted; counted as preloads (loads ahead of demand), so the
+        unused ones count as wasted."""
+        self._start_pending = False
+        order = sorted(self.options, key=lambda m: (-self.predicted(m, t), m))
+        smallest = {m: min(o.bytes for o in self.options[m]) for m in order}
+        for i, m in enumerate(order):
+            free = self.budget - self.used()
+            later = sum(smallest[x] for x in order[i + 1 :])
+            reserve = min(later, max(free - smallest[m], 0))
+            choice = choose_load(self.options[m], free - reserve, [], self.predicted(m, t), self.w)
+            if isinstance(choice, list):
+                continue  # nothing fits: loaded on demand later
+            option, _ = choice
+            self.resident[m] = option
+            self._mark_preloaded(m)
 
     def predicted(self, model: str, t: float) -> float:
         n = self.rates[model].rate(t) * self.w.horizon_seconds
@@ -181,6 +205,8 @@ class EdgedPolicy(Policy):
             self._preload(t, m, p, lead)
 
     def request(self, t: float, model: str) -> Outcome:
+        if self._start_pending:
+            self._start(t)
         if self.preload is not None:
             while self.next_preload <= t:
                 self._preload_round(self.next_preload)

@@ -90,7 +90,10 @@ class Transitions:
 
     def followers(self, a: str, min_probability: float) -> list[tuple[str, float]]:
         """Models likely to follow ``a``, most likely first."""
-        out = [(b, self.probability(a, b)) for b in self.follow.get(a, {})]
+        follow = self.follow.get(a)
+        if not follow:
+            return []  # the common case, on every request: no pipeline starts at ``a``
+        out = [(b, self.probability(a, b)) for b in follow]
         return sorted(
             ((b, p) for b, p in out if p >= min_probability), key=lambda bp: (-bp[1], bp[0])
         )

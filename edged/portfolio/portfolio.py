@@ -188,15 +188,29 @@ class Portfolio:
             self._in_background(self.load(name))
 
     async def load_all(self) -> None:
-        """Load every model's active version while the budget allows; the rest load on demand."""
-        for name, slot in sorted(self.slots.items()):
-            if slot.manifest is None:
-                continue
+        """Load every model's active version while the budget allows; the rest load on demand.
+
+        Nothing is evicted at start, so a greedy pass would give the first models their best
+        variants and leave the last ones cold. Instead each load keeps room for the smallest
+        variants of the models still to come; models go busiest first (the replayed history),
+        then by name. So every model that can be resident is, at the best quality left for it,
+        and the residency tick upgrades busy ones later as memory allows (docs/residency.md).
+        """
+        slots = [slot for _, slot in sorted(self.slots.items()) if slot.manifest is not None]
+        smallest: dict[str, int] = {}
+        for slot in slots:
+            assert slot.manifest is not None
+            with contextlib.suppress(EdgedError):  # reported by the load below
+                options = await self._usable_options(slot.manifest)
+                smallest[slot.name] = min(o.bytes for _, o in options)
+        order = sorted(slots, key=lambda s: -self.predicted_requests(s))  # stable: name order
+        for i, slot in enumerate(order):
+            later = sum(smallest.get(s.name, 0) for s in order[i + 1 :])
+            reserve = min(later, max(self.free() - smallest.get(slot.name, 0), 0))
             try:
-                # With no history yet, loading one model is not worth evicting another.
-                await self.ensure_ready(slot, wait=False, evict=False)
+                await self.ensure_ready(slot, wait=False, evict=False, reserve=reserve)
             except EdgedError as exc:
-                log.warning("model %s not loaded at start: %s", name, exc.message)
+                log.warning("model %s not loaded at start: %s", slot.name, exc.message)
 
     # -- verdicts -------------------------------------------------------------------------------
 
@@ -338,11 +352,12 @@ class Portfolio:
         *,
         wait: bool = True,
         evict: bool = True,
+        reserve: int = 0,
     ) -> Handle:
         """The slot's handle for its active version, loading it (and making room) if needed.
 
         Waits up to ``load_timeout`` for memory to free up; then RESOURCE_EXHAUSTED names what
-        could not fit.
+        could not fit. ``reserve`` bytes of the free memory are left alone (load_all).
         """
         deadline = time.monotonic() + (self.settings.load_timeout if wait else 0.0)
         if slot.preloading is not None:  # a preload is bringing it in: faster than a new load
@@ -361,7 +376,7 @@ class Portfolio:
                 ):
                     return handle
                 try:
-                    outcome = await self._try_load(slot, manifest, variant_id, evict)
+                    outcome = await self._try_load(slot, manifest, variant_id, evict, reserve)
                 except EdgedError as exc:
                     slot.reason = exc.message
                     if slot.handle is None:
@@ -378,7 +393,12 @@ class Portfolio:
                 raise EdgedError(outcome, ErrorCode.RESOURCE_EXHAUSTED)
 
     async def _try_load(
-        self, slot: Slot, manifest: Manifest, variant_id: str | None, evict: bool = True
+        self,
+        slot: Slot,
+        manifest: Manifest,
+        variant_id: str | None,
+        evict: bool = True,
+        reserve: int = 0,
     ) -> Handle | str:
         """Load the variant worth the most after what making room for it costs, or say why
         none can be loaded now. Called with the memory lock held."""
@@ -388,7 +408,7 @@ class Portfolio:
             if not options:
                 raise NotFoundError(f"model {manifest.name!r} has no usable variant {variant_id!r}")
         old = slot.handle
-        free = self.free() + (self.bytes_of(old) if old is not None else 0)
+        free = self.free() + (self.bytes_of(old) if old is not None else 0) - reserve
         residents = self.residents(exclude=slot.name) if evict else []
         choice = choose_load(
             [o for _, o in options],
