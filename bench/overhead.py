@@ -56,7 +56,7 @@ MODELS = {
 }
 
 
-def serve_bytes(socket_path: str, method: str, handler: Any) -> None:
+def serve_bytes(socket_path: str, method: str, handler: Any, uvloop: bool = False) -> None:
     """A bare grpc.aio server with one unary bytes -> bytes method, until killed."""
     import asyncio
 
@@ -72,16 +72,23 @@ def serve_bytes(socket_path: str, method: str, handler: Any) -> None:
         print("ready", flush=True)
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    if uvloop:
+        import uvloop as uv
+
+        with asyncio.Runner(loop_factory=uv.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
 
 
-def echo_server(socket_path: str) -> None:
-    """Path (b), the floor: return the request bytes."""
+def echo_server(socket_path: str, uvloop: bool = False) -> None:
+    """Path (b), the floor: return the request bytes (on asyncio's loop; with ``uvloop``, on the
+    loop edged runs on, shown beside it)."""
 
     async def echo(request: bytes, context: Any) -> bytes:
         return request
 
-    serve_bytes(socket_path, ECHO_METHOD, echo)
+    serve_bytes(socket_path, ECHO_METHOD, echo, uvloop)
 
 
 def minimal_server(socket_path: str, model_path: str, shape: str) -> None:
@@ -201,10 +208,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.md"))
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-uvloop-server", help=argparse.SUPPRESS)
     parser.add_argument("--minimal-server", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         echo_server(args.echo_server)
+        return 0
+    if args.echo_uvloop_server:
+        echo_server(args.echo_uvloop_server, uvloop=True)
         return 0
     if args.minimal_server:
         minimal_server(*args.minimal_server)
@@ -218,8 +229,15 @@ def main() -> int:
         [sys.executable, __file__, "--echo-server", str(echo_sock)], stdout=subprocess.PIPE
     )
     assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+    echo_uv_sock = work / "echo-uvloop.sock"
+    echo_uv = subprocess.Popen(
+        [sys.executable, __file__, "--echo-uvloop-server", str(echo_uv_sock)],
+        stdout=subprocess.PIPE,
+    )
+    assert echo_uv.stdout is not None and echo_uv.stdout.readline().strip() == b"ready"
     channels = {
         "echo (unix)": grpc.insecure_channel(f"unix:{echo_sock}"),
+        "echo uvloop (unix)": grpc.insecure_channel(f"unix:{echo_uv_sock}"),
         "edged (unix)": grpc.insecure_channel(daemon.unix_url),
         "edged (tcp)": grpc.insecure_channel(daemon.tcp_url),
     }
@@ -279,8 +297,9 @@ def main() -> int:
     finally:
         for channel in channels.values():
             channel.close()
-        echo.terminate()
-        echo.wait()
+        for server in (echo, echo_uv):
+            server.terminate()
+            server.wait()
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -305,9 +324,9 @@ def main() -> int:
         "model's compute). Added = edged p50 - echo p50 - in-process p50: what edged adds beyond",
         "the gRPC floor and the model's own compute.",
         "",
-        "| model | conc | unix: over echo | unix: added | tcp: added | "
+        "| model | conc | unix: over echo | unix: over uvloop echo | unix: added | tcp: added | "
         "unix req/s / in-process | unix req/s / minimal |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         for c in (1, 2):
@@ -315,13 +334,14 @@ def main() -> int:
             inproc = get(model, c, "in-process")
             unix, tcp = get(model, c, "edged (unix)"), get(model, c, "edged (tcp)")
             over_echo = (unix["p50_ms"] - echo_p50) * 1e3
+            over_uv = (unix["p50_ms"] - get(model, c, "echo uvloop (unix)")["p50_ms"]) * 1e3
             added_unix = (unix["p50_ms"] - echo_p50 - inproc["p50_ms"]) * 1e3
             added_tcp = (tcp["p50_ms"] - echo_p50 - inproc["p50_ms"]) * 1e3
             ratio = unix["rps"] / inproc["rps"]
             vs_minimal = unix["rps"] / get(model, c, "minimal (unix)")["rps"]
             lines.append(
-                f"| {model} | {c} | {over_echo:+.0f} us | {added_unix:+.0f} us | "
-                f"{added_tcp:+.0f} us | {ratio:.2f} x | {vs_minimal:.2f} x |"
+                f"| {model} | {c} | {over_echo:+.0f} us | {over_uv:+.0f} us | "
+                f"{added_unix:+.0f} us | {added_tcp:+.0f} us | {ratio:.2f} x | {vs_minimal:.2f} x |"
             )
     text = "\n".join(lines) + "\n"
     print()
