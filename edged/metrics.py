@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -10,48 +11,57 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Summary,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from edged.portfolio.portfolio import Portfolio
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_LE = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes "le"
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class RequestMetrics:
-    """One model's request series, looked up once: ``labels()`` costs a locked dict lookup on
-    every call, and these are touched by every request."""
+    """One model's request counts, as plain numbers: every request touches them, so they are
+    not prometheus_client objects (a lock and several calls each) but fields that the scrape
+    reads (``_RequestCollector``). Only the event loop writes them."""
 
-    __slots__ = ("error", "ok", "seconds")
+    __slots__ = ("buckets", "error", "ok", "seconds_sum")
 
-    def __init__(self, metrics: Metrics, model: str) -> None:
-        self.ok = metrics.requests.labels(model, "ok")
-        self.error = metrics.requests.labels(model, "error")
-        self.seconds = metrics.request_seconds.labels(model)
+    def __init__(self) -> None:
+        self.ok = 0
+        self.error = 0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.seconds_sum = 0.0
+
+    def record(self, ok: bool, seconds: float) -> None:
+        """A finished request; the latency histogram counts successful ones."""
+        if ok:
+            self.ok += 1
+            # bisect_left: the first bound >= seconds, as Prometheus' "le" buckets are inclusive.
+            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.seconds_sum += seconds
+        else:
+            self.error += 1
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self._per_model: dict[str, RequestMetrics] = {}
-        self.requests = Counter(
-            "edged_requests",
-            "Inference requests by model and outcome",
-            ["model", "code"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "edged_request_seconds",
-            "Inference latency inside the daemon",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        # The quality of the variant that served each request (a summary: sum and count).
+        self.quality_sum = 0.0
+        self.quality_count = 0
+        r.register(_RequestCollector(self))
         self.loads = Counter(
             "edged_loads",
             "Variant loads by model and variant",
@@ -131,19 +141,18 @@ class Metrics:
         self.updates_in_flight = Gauge(
             "edged_updates_in_flight", "Updates being received or applied", registry=r
         )
-        self.quality_served = Summary(
-            "edged_served_quality",
-            "Quality of the variant that served each request (sum / count = mean)",
-            registry=r,
-        )
 
     def for_model(self, model: str) -> RequestMetrics:
         """The request series of ``model`` (a known model: names from the network must be
         checked first, or the label set grows without bound)."""
         found = self._per_model.get(model)
         if found is None:
-            found = self._per_model[model] = RequestMetrics(self, model)
+            found = self._per_model[model] = RequestMetrics()
         return found
+
+    def served_quality(self, quality: float) -> None:
+        self.quality_sum += quality
+        self.quality_count += 1
 
     def watch(self, portfolio: Portfolio) -> None:
         self.registry.register(_PortfolioCollector(portfolio))
@@ -151,6 +160,38 @@ class Metrics:
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
         start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+
+
+class _RequestCollector(Collector):
+    """The request counts, read at scrape time (on the metrics server's thread)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "edged_requests", "Inference requests by model and outcome", labels=["model", "code"]
+        )
+        seconds = HistogramMetricFamily(
+            "edged_request_seconds", "Inference latency inside the daemon", labels=["model"]
+        )
+        for model, counts in sorted(list(m._per_model.items())):
+            requests.add_metric([model, "ok"], counts.ok)
+            requests.add_metric([model, "error"], counts.error)
+            cumulative, buckets = 0, []
+            for bound, count in zip(_LE, list(counts.buckets), strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            seconds.add_metric([model], buckets, counts.seconds_sum)
+        yield requests
+        yield seconds
+        yield SummaryMetricFamily(
+            "edged_served_quality",
+            "Quality of the variant that served each request (sum / count = mean)",
+            count_value=m.quality_count,
+            sum_value=m.quality_sum,
+        )
 
 
 class _PortfolioCollector(Collector):

@@ -132,12 +132,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return
         elapsed = time.perf_counter_ns() - start_ns
         slot.stats.record(ok, elapsed)
-        series = self.metrics.for_model(model)
-        if ok:
-            series.ok.inc()
-            series.seconds.observe(elapsed / 1e9)
-        else:
-            series.error.inc()
+        self.metrics.for_model(model).record(ok, elapsed / 1e9)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context

@@ -708,7 +708,7 @@ class Portfolio:
             if handle.preloaded and self.metrics is not None:
                 self.metrics.preload_hits.labels(name).inc()
         if self.metrics is not None:
-            self.metrics.quality_served.observe(handle.variant.quality)
+            self.metrics.served_quality(handle.variant.quality)
         return Lease(handle, cold=cold, arrived=arrived, done=self.on_complete)
 
     async def preload(
