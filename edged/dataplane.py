@@ -114,7 +114,7 @@ class DataPlane:
             if runtime.generative:
                 text = "".join([c async for c in self._stream(handle, inputs, params)])
                 outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
-            elif handle.timing.run_inline(sum(a.nbytes for a in inputs.values())):
+            elif handle.timing.run_inline(_nbytes(inputs)):
                 # Cheaper than the hop to a worker thread and back (docs/performance.md).
                 outputs = handle.timing.timed(runtime.infer, inputs)
             else:
@@ -176,6 +176,13 @@ class DataPlane:
         finally:
             stop.set()
             await asyncio.shield(future)
+
+
+def _nbytes(inputs: Mapping[str, Array]) -> int:
+    total = 0
+    for array in inputs.values():
+        total += array.nbytes
+    return total
 
 
 def _text_array(text: str) -> Array:

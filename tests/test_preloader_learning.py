@@ -4,6 +4,7 @@ their own timestamps, within FLUSH_SECONDS or at once when a forecast is read.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 from edged.forecast.forecaster import Forecaster
@@ -70,7 +71,7 @@ def test_completed_requests_reach_the_history_on_close(tmp_path: Path) -> None:
     records = [Request(clock.now + i, "m", "1", "fp32", 1.0, True) for i in range(5)]
 
     async def scenario() -> None:
-        preloader._completed.extend(records)  # as on_complete leaves them
+        preloader._completed.extend(dataclasses.astuple(r) for r in records)  # as on_complete
         preloader._schedule_flush()
 
     asyncio.run(scenario())

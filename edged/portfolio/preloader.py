@@ -64,7 +64,9 @@ class Preloader:
         self._predicted_next: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._arrivals: list[tuple[float, str]] = []
-        self._completed: list[Request] = []
+        # (time, model, version, variant, latency ms, warm): a tuple is cheaper to make on the
+        # request path than the frozen Request it becomes at the flush.
+        self._completed: list[tuple[float, str, str, str, float, bool]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         portfolio.expected = self.expected_requests
         portfolio.on_arrival = self.on_arrival
@@ -113,11 +115,12 @@ class Preloader:
         if self.history is None:
             return
         handle = lease.handle
+        manifest = handle.manifest
         self._completed.append(
-            Request(
+            (
                 self.clock(),
-                handle.manifest.name,
-                handle.manifest.version,
+                manifest.name,
+                manifest.version,
                 handle.variant.id,
                 (time.perf_counter() - lease.arrived) * 1e3,
                 not lease.cold,
@@ -149,7 +152,7 @@ class Preloader:
         arrivals, self._arrivals = self._arrivals, []
         completed, self._completed = self._completed, []
         if completed and self.history is not None:
-            self.history.record_many(completed)
+            self.history.record_many([Request(*c) for c in completed])
         if not arrivals:
             return
         first: dict[str, float] = {}
