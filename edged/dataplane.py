@@ -105,7 +105,9 @@ class DataPlane:
         params: GenerationParams,
     ) -> tuple[Handle, list[tuple[str, Array]], bool]:
         """(the handle that served, the outputs, whether the request waited for a load)."""
-        lease = await self.portfolio.lease(model, version)
+        portfolio = self.portfolio
+        slot, arrived = portfolio.arrive(model, version)
+        lease = portfolio.warm_lease(slot, arrived) or await portfolio.cold_lease(slot, arrived)
         handle = lease.handle
         try:
             runtime = handle.runtime

@@ -105,7 +105,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             inputs = convert.decode_inputs(request)
             params, _ = convert.generation_params(request.parameters)
-            response = await self._infer(request, inputs, params)
+            handle, outputs, cold = await self.dataplane.infer(
+                request.model_name,
+                request.model_version,
+                inputs,
+                convert.requested_outputs(request),
+                params,
+            )
+            response = convert.infer_response(
+                request, handle.version, handle.variant.id, outputs, cold
+            )
             ok = True
             return response
         except Exception as exc:

@@ -685,6 +685,14 @@ class Portfolio:
         self.slot(name).pinned = pinned
 
     async def lease(self, name: str, version: str) -> Lease:
+        """Hold ``name``'s active version for one request, loading it if it is not resident."""
+        slot, arrived = self.arrive(name, version)
+        return self.warm_lease(slot, arrived) or await self.cold_lease(slot, arrived)
+
+    def arrive(self, name: str, version: str) -> tuple[Slot, float]:
+        """A request for ``name``: check the name and version, note the arrival; (the slot, the
+        arrival's perf_counter). Then warm_lease, or cold_lease when that returns None: the
+        request path leases a resident model without creating a coroutine."""
         slot = self.slots.get(name)
         if slot is None or slot.manifest is None:
             raise NotFoundError(f"unknown model {name!r}")
@@ -698,11 +706,20 @@ class Portfolio:
         slot.rate.observe(now)
         if self.on_arrival is not None:
             self.on_arrival(name)
+        return slot, arrived
+
+    def warm_lease(self, slot: Slot, arrived: float) -> Lease | None:
         handle = slot.handle
-        cold = handle is None or handle.version != slot.manifest.version
-        if cold:
-            handle = await self.ensure_ready(slot)
-        assert handle is not None
+        assert slot.manifest is not None
+        if handle is None or handle.version != slot.manifest.version:
+            return None
+        return self._leased(handle, arrived, cold=False)
+
+    async def cold_lease(self, slot: Slot, arrived: float) -> Lease:
+        return self._leased(await self.ensure_ready(slot), arrived, cold=True)
+
+    def _leased(self, handle: Handle, arrived: float, cold: bool) -> Lease:
+        name = handle.manifest.name
         if not handle.used:
             handle.used = True
             if handle.preloaded and self.metrics is not None:
