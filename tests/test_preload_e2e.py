@@ -91,10 +91,11 @@ def test_preloading_cuts_cold_starts_on_a_replayed_trace(tmp_path: Path) -> None
             cold[enabled] = replay(daemon, trace)
         finally:
             daemon.stop()
-    # The follower and the timer are what the forecasters predict; random traffic to d and e
-    # is not predictable, and preloads of it may displace as much as they save.
-    structured_without = cold[False]["b"] + cold[False]["c"]
-    structured_with = cold[True]["b"] + cold[True]["c"]
+    # The pipeline (a every 1.2-2 s, b 400 ms after it) and the timer (c) are what the
+    # forecasters predict; random traffic to d and e is not predictable, and preloads of it may
+    # displace as much as they save. (Typical counts, a+b+c: ~50 without preloading, ~38 with.)
+    structured_without = sum(cold[False][m] for m in "abc")
+    structured_with = sum(cold[True][m] for m in "abc")
     assert structured_with < structured_without, cold
 
 
@@ -121,15 +122,18 @@ def test_forecasts_survive_a_restart(tmp_path: Path) -> None:
         assert second.edged("evict", "a").returncode == 0
         assert second.edged("evict", "b").returncode == 0
         assert second.edged("infer", "a").returncode == 0
-        # b was learned to follow a before the restart: it is loaded the moment a is seen (here
-        # right after a's own cold load, which held the memory lock).
-        wait_for(
-            lambda: (
-                scrape(port).get('edged_preloads_total{model="b",trigger="transition"}', 0) >= 1
-            ),
-            timeout=10,
-            what="a transition preload of b",
-        )
+
+        # b was learned before the restart, both as a's follower and as a model requested every
+        # half second: it is preloaded, on a's arrival (transition) or by the next forecast round,
+        # whichever comes first. Without the replayed history nothing would load it.
+        def preloads_of_b() -> float:
+            metrics = scrape(port)
+            return sum(
+                metrics.get(f'edged_preloads_total{{model="b",trigger="{trigger}"}}', 0)
+                for trigger in ("transition", "forecast")
+            )
+
+        wait_for(lambda: preloads_of_b() >= 1, timeout=10, what="a preload of b")
         result = second.edged("infer", "b")
         assert result.returncode == 0
     finally:
