@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-var/store/.demo-imported: $(VENV)/.installed
+# Built once (order-only: a re-install does not rebuild it); `rm -rf var` to start over.
+var/store/.demo-imported: | $(VENV)/.installed
 	$(BIN)/edged demo --config $(CONFIG)
 	touch $@
 

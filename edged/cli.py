@@ -176,10 +176,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from edged.demo import build_demo
+    from edged.store.store import ModelStore
 
     cfg = _config(args)
     out = Path(args.out) if args.out else cfg.store.path.parent / "demo-src"
+    store = ModelStore(cfg.store.path)
     for model_dir in build_demo(out):
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        name, version = manifest["name"], manifest["version"]
+        if version in store.versions(name):
+            # Versions are immutable, and a rebuilt demo need not be byte-identical (quantizer
+            # versions): the one already imported stays.
+            print(f"demo model {name} version {version} is already in the store; kept")
+            continue
         ns = argparse.Namespace(
             config=args.config, dir=str(model_dir), no_activate=False, no_validate=False
         )
