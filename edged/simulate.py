@@ -34,6 +34,7 @@ from edged.portfolio.residency import (
     ScoringWeights,
     choose_load,
     preload_choice,
+    startup_reserve,
     upgrade_target,
 )
 
@@ -135,8 +136,7 @@ class EdgedPolicy(Policy):
         smallest = {m: min(o.bytes for o in self.options[m]) for m in order}
         for i, m in enumerate(order):
             free = self.budget - self.used()
-            later = sum(smallest[x] for x in order[i + 1 :])
-            reserve = min(later, max(free - smallest[m], 0))
+            reserve = startup_reserve(free, smallest[m], sum(smallest[x] for x in order[i + 1 :]))
             choice = choose_load(self.options[m], free - reserve, [], self.predicted(m, t), self.w)
             if isinstance(choice, list):
                 continue  # nothing fits: loaded on demand later

@@ -9,6 +9,23 @@ from pathlib import Path
 import numpy as np
 
 from edged.demo import _onnx_outputs, _top1_agreement, mlp_model, quantize_int8
+from edged.portfolio.journal import CrashJournal
+from edged.portfolio.portfolio import Portfolio, PortfolioSettings
+from edged.portfolio.residency import BudgetSettings
+from edged.store.store import ModelStore
+
+
+def open_portfolio(store: ModelStore, work: Path) -> Portfolio:
+    """The daemon's portfolio over ``store`` (real loads), its crash journal under ``work``, a
+    budget far above what tests load (tests that need pressure set their own), store read."""
+    portfolio = Portfolio(
+        store,
+        CrashJournal(work / "journal"),
+        PortfolioSettings(budget=BudgetSettings(configured=1 << 34)),
+    )
+    portfolio.journal.start()
+    portfolio.refresh()
+    return portfolio
 
 
 def mlp_family(out: Path, name: str, sizes: tuple[int, ...], seed: int) -> Path:

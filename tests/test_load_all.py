@@ -7,24 +7,16 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from edged.portfolio.journal import CrashJournal
-from edged.portfolio.portfolio import Portfolio, PortfolioSettings
 from edged.portfolio.residency import BudgetSettings
 from edged.store.store import ModelStore
-from tests.portfolios import mlp_family
+from tests.portfolios import mlp_family, open_portfolio
 
 
 def test_start_up_leaves_room_for_every_model(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     for name, seed in (("a", 1), ("b", 2)):
         store.import_dir(mlp_family(tmp_path / "src" / name, name, (512, 1024, 1024, 64), seed))
-    portfolio = Portfolio(
-        store,
-        CrashJournal(tmp_path / "journal"),
-        PortfolioSettings(budget=BudgetSettings(configured=1 << 34)),
-    )
-    portfolio.journal.start()
-    portfolio.refresh()
+    portfolio = open_portfolio(store, tmp_path)
 
     async def run() -> dict[str, str | None]:
         try:

@@ -9,26 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edged.portfolio.journal import CrashJournal
-from edged.portfolio.portfolio import Portfolio, PortfolioSettings
+from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.residency import BudgetSettings, Option
 from edged.runtime.probe import ProbeResult
 from edged.store.manifest import Variant
 from edged.store.store import ModelStore
-from tests.portfolios import mlp_family
+from tests.portfolios import mlp_family, open_portfolio
 
 
 def _portfolio(tmp_path: Path) -> Portfolio:
     store = ModelStore(tmp_path / "store")
     store.import_dir(mlp_family(tmp_path / "src", "m", (512, 1024, 1024, 64), seed=3))
-    portfolio = Portfolio(
-        store,
-        CrashJournal(tmp_path / "journal"),
-        PortfolioSettings(budget=BudgetSettings(configured=1 << 34)),
-    )
-    portfolio.journal.start()
-    portfolio.refresh()
-    return portfolio
+    return open_portfolio(store, tmp_path)
 
 
 async def _serve_int8_then_tick(portfolio: Portfolio, *, pinned: bool) -> tuple[str, str]:

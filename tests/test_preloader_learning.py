@@ -9,11 +9,9 @@ from pathlib import Path
 
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import Request, RequestHistory
-from edged.portfolio.journal import CrashJournal
-from edged.portfolio.portfolio import Portfolio, PortfolioSettings
 from edged.portfolio.preloader import FLUSH_SECONDS, Preloader, PreloadSettings
-from edged.portfolio.residency import BudgetSettings
 from edged.store.store import ModelStore
+from tests.portfolios import open_portfolio
 
 
 class Clock:
@@ -25,11 +23,7 @@ class Clock:
 
 
 def _preloader(tmp_path: Path, clock: Clock) -> Preloader:
-    portfolio = Portfolio(
-        ModelStore(tmp_path / "store"),
-        CrashJournal(tmp_path / "journal"),
-        PortfolioSettings(budget=BudgetSettings(configured=1 << 30)),
-    )
+    portfolio = open_portfolio(ModelStore(tmp_path / "store"), tmp_path)
     history = RequestHistory(tmp_path / "history.sqlite3")
     return Preloader(portfolio, Forecaster(), history, PreloadSettings(), clock=clock)
 

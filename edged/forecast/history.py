@@ -47,14 +47,14 @@ class RequestHistory:
         path: Path,
         retention_seconds: float = 14 * 86400.0,
         max_rows: int = 1_000_000,
-        queue_size: int = 100_000,
+        queue_size: int = 100_000,  # batches of records (the preloader hands one per flush)
     ) -> None:
         self.path = path
         self.retention_seconds = retention_seconds
         self.max_rows = max_rows
         self.compact_every = max(max_rows // 10, 1)
         self.dropped = 0
-        self._queue: queue.Queue[Request | list[Request] | None] = queue.Queue(queue_size)
+        self._queue: queue.Queue[list[Request] | None] = queue.Queue(queue_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
         try:
@@ -75,10 +75,7 @@ class RequestHistory:
 
     def record(self, request: Request) -> None:
         """Queue a request for writing; never blocks."""
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            self.dropped += 1
+        self.record_many([request])
 
     def record_many(self, requests: list[Request]) -> None:
         """Queue requests for writing as one item; never blocks."""
@@ -116,9 +113,9 @@ class RequestHistory:
                         break
                 rows = [
                     (r.t, r.model, r.version, r.variant, r.latency_ms, int(r.warm))
-                    for item in batch
-                    if item is not None
-                    for r in (item if isinstance(item, list) else (item,))
+                    for requests in batch
+                    if requests is not None
+                    for r in requests
                 ]
                 try:
                     with db:

@@ -105,16 +105,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             inputs = convert.decode_inputs(request)
             params, _ = convert.generation_params(request.parameters)
-            handle, outputs, cold = await self.dataplane.infer(
-                request.model_name,
-                request.model_version,
-                inputs,
-                convert.requested_outputs(request),
-                params,
-            )
-            response = convert.infer_response(
-                request, handle.version, handle.variant.id, outputs, cold
-            )
+            response = await self._infer(request, inputs, params)
             ok = True
             return response
         except Exception as exc:

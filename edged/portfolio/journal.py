@@ -18,7 +18,7 @@ _MAGIC = b"EDGEDJ01"
 _HEADER = struct.Struct("<8sI4x")  # magic, clean-shutdown flag
 _SLOT = struct.Struct("<72sII")  # key, state, in-flight requests
 _INFLIGHT = struct.Struct("<I")
-_INFLIGHT_OFFSET = 76  # of the in-flight count within a slot
+_INFLIGHT_OFFSET = _SLOT.size - _INFLIGHT.size  # the in-flight count is a slot's last field
 SLOTS = 512
 SIZE = _HEADER.size + SLOTS * _SLOT.size
 

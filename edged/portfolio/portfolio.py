@@ -33,6 +33,7 @@ from edged.portfolio.residency import (
     choose_load,
     plan,
     preload_choice,
+    startup_reserve,
     upgrade_target,
     working_budget,
 )
@@ -205,8 +206,11 @@ class Portfolio:
                 smallest[slot.name] = min(o.bytes for _, o in options)
         order = sorted(slots, key=lambda s: -self.predicted_requests(s))  # stable: name order
         for i, slot in enumerate(order):
-            later = sum(smallest.get(s.name, 0) for s in order[i + 1 :])
-            reserve = min(later, max(self.free() - smallest.get(slot.name, 0), 0))
+            reserve = startup_reserve(
+                self.free(),
+                smallest.get(slot.name, 0),
+                sum(smallest.get(s.name, 0) for s in order[i + 1 :]),
+            )
             try:
                 await self.ensure_ready(slot, wait=False, evict=False, reserve=reserve)
             except EdgedError as exc:

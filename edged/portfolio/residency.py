@@ -228,6 +228,14 @@ def _best_option(
     return best
 
 
+def startup_reserve(free: int, smallest: int, later_smallest: int) -> int:
+    """Bytes a start-up load leaves alone: room for the smallest variants of the models still to
+    load (``later_smallest``), but never so much that this model's own smallest variant
+    (``smallest``) cannot fit. Nothing is evicted at start, so a greedy pass would give the first
+    models their best variants and leave the last ones cold (docs/residency.md "At start")."""
+    return min(later_smallest, max(free - smallest, 0))
+
+
 def preload_choice(
     options: Sequence[Option],
     free: int,
