@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -55,9 +56,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(portfolio, metrics, ready), self.server
-        )
+        add_inference_service(InferenceServicer(portfolio, metrics, ready), self.server)
         portfolio_pb2_grpc.add_PortfolioServicer_to_server(
             PortfolioServicer(portfolio), self.server
         )
@@ -117,6 +116,34 @@ class GrpcServer:
         if self.config.unix_socket:
             with contextlib.suppress(FileNotFoundError):
                 Path(self.config.unix_socket).unlink()
+
+
+class _Captured:
+    """Stands in for the server to collect the generated method handlers of a service."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.handlers = handlers
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that ModelInfer takes and returns bytes: it parses
+    only what it must (edged/grpc/wire.py)."""
+    captured = _Captured()
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
+    handlers = dict(captured.handlers)
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+    service = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # grpc.aio.Server has this method (grpcio >= 1.62); its type stubs do not yet.
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
 
 def tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
