@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 import numpy as np
 import onnxruntime as ort
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -178,25 +179,58 @@ def run_load(call: Callable[[], Any], concurrency: int, requests: int) -> tuple[
     return [x for lat in latencies for x in lat], (per_thread * concurrency) / wall
 
 
+def cpu_seconds(process: psutil.Process | None) -> float:
+    """CPU time of a server's threads in ns resolution (/proc/PID/task/*/schedstat; psutil's
+    cpu_times counts 10 ms ticks, too coarse for a few hundred requests). Only for processes
+    whose threads live on (servers): an ended thread's time leaves the sum. This process's own
+    time: time.process_time(), which keeps it."""
+    if process is None:
+        return 0.0
+    total = 0
+    task_dir = Path(f"/proc/{process.pid}/task")
+    for task in task_dir.iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def measure(
-    calls: dict[str, Callable[[], Any]], concurrency: int, requests: int, rounds: int
+    calls: dict[str, Callable[[], Any]],
+    concurrency: int,
+    requests: int,
+    rounds: int,
+    servers: dict[str, psutil.Process] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every path in turn, ``rounds`` times over, so drift on a shared machine hits all alike.
-    Latency percentiles pool all rounds; throughput is the median of the rounds."""
+    Latency percentiles pool all rounds; throughput is the median of the rounds. CPU time per
+    request, of this (client) process and of the path's server process, over all rounds."""
+    servers = servers or {}
     latencies: dict[str, list[float]] = {label: [] for label in calls}
     rates: dict[str, list[float]] = {label: [] for label in calls}
+    cpu = {label: [0.0, 0.0] for label in calls}
     for _ in range(rounds):
         for label, call in calls.items():
+            server = servers.get(label)
+            before = time.process_time(), cpu_seconds(server)
             lat, rate = run_load(call, concurrency, requests // rounds)
+            cpu[label][0] += time.process_time() - before[0]
+            cpu[label][1] += cpu_seconds(server) - before[1]
             latencies[label] += lat
             rates[label].append(rate)
     out = {}
     for label in calls:
         flat = sorted(latencies[label])
+        # run_load's warm-up calls are inside the CPU window: count them.
+        per_round = requests // rounds
+        done = rounds * (per_round // concurrency * concurrency + min(50, per_round // 10))
         out[label] = {
             "p50_ms": statistics.median(flat) * 1e3,
             "p99_ms": flat[int(len(flat) * 0.99) - 1] * 1e3,
             "rps": statistics.median(rates[label]),
+            "client_cpu_us": cpu[label][0] / done * 1e6,
+            "server_cpu_us": cpu[label][1] / done * 1e6,
         }
     return out
 
@@ -241,6 +275,12 @@ def main() -> int:
         "edged (unix)": grpc.insecure_channel(daemon.unix_url),
         "edged (tcp)": grpc.insecure_channel(daemon.tcp_url),
     }
+    servers = {
+        "echo (unix)": psutil.Process(echo.pid),
+        "echo uvloop (unix)": psutil.Process(echo_uv.pid),
+        "edged (unix)": psutil.Process(daemon.proc.pid if daemon.proc else 0),
+        "edged (tcp)": psutil.Process(daemon.proc.pid if daemon.proc else 0),
+    }
     rows: list[tuple[str, int, str, dict[str, float]]] = []
     try:
         for name, (sizes, batch) in MODELS.items():
@@ -282,12 +322,15 @@ def main() -> int:
             minimal_stub = minimal_channel.unary_unary(MINIMAL_METHOD)
             calls["minimal (unix)"] = lambda c=minimal_stub, b=raw: c(b, timeout=60)
             try:
+                servers["minimal (unix)"] = psutil.Process(minimal.pid)
                 for concurrency in (1, 2):
-                    for label, r in measure(calls, concurrency, n, args.rounds).items():
+                    for label, r in measure(calls, concurrency, n, args.rounds, servers).items():
                         rows.append((name, concurrency, label, r))
                         print(
                             f"{name:5} c={concurrency} {label:14} p50 {r['p50_ms']:7.3f} ms  "
-                            f"p99 {r['p99_ms']:7.3f} ms  {r['rps']:8.1f} req/s",
+                            f"p99 {r['p99_ms']:7.3f} ms  {r['rps']:8.1f} req/s  "
+                            f"cpu client {r['client_cpu_us']:6.0f} us server "
+                            f"{r['server_cpu_us']:6.0f} us",
                             flush=True,
                         )
             finally:
@@ -311,12 +354,16 @@ def main() -> int:
         f"requests per cell in {args.rounds} interleaved rounds; client and servers in "
         "separate processes; in-process = session.run in the client process.",
         "",
-        "| model | conc | path | p50 ms | p99 ms | req/s |",
-        "|---|---|---|---|---|---|",
+        "CPU columns: CPU time per request of the client process (for in-process: the model's",
+        "run) and of the path's server process, all threads.",
+        "",
+        "| model | conc | path | p50 ms | p99 ms | req/s | client CPU us/req | server CPU us/req |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model, c, label, r in rows:
         lines.append(
-            f"| {model} | {c} | {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:.1f} |"
+            f"| {model} | {c} | {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rps']:.1f} "
+            f"| {r['client_cpu_us']:.0f} | {r['server_cpu_us']:.0f} |"
         )
     lines += [
         "",
@@ -343,6 +390,25 @@ def main() -> int:
                 f"| {model} | {c} | {over_echo:+.0f} us | {over_uv:+.0f} us | "
                 f"{added_unix:+.0f} us | {added_tcp:+.0f} us | {ratio:.2f} x | {vs_minimal:.2f} x |"
             )
+    cores = os.cpu_count() or 1
+    lines += [
+        "",
+        "CPU ceiling at concurrency 2: with every core busy, no server reaches more than",
+        "cores / (CPU per request) requests/s. Counting the model's run as in-process costs it,",
+        "and the client and server exactly as the echo floor costs them (a server that adds",
+        "nothing to Python gRPC), the ceiling over in-process throughput is:",
+        "",
+        "| model | in-process CPU us/req | echo client + server CPU us/req | ceiling / in-proc |",
+        "|---|---|---|---|",
+    ]
+    for model in MODELS:
+        inproc, echo_r = get(model, 2, "in-process"), get(model, 2, "echo (unix)")
+        grpc_cpu = echo_r["client_cpu_us"] + echo_r["server_cpu_us"]
+        ceiling = cores / ((inproc["client_cpu_us"] + grpc_cpu) * 1e-6)
+        lines.append(
+            f"| {model} | {inproc['client_cpu_us']:.0f} | {grpc_cpu:.0f} | "
+            f"{min(ceiling, inproc['rps']) / inproc['rps']:.2f} x |"
+        )
     text = "\n".join(lines) + "\n"
     print()
     print(text)
