@@ -103,16 +103,20 @@ class DataPlane:
         inputs: Mapping[str, Array],
         requested: Sequence[str],
         params: GenerationParams,
+        layout: object | None = None,
     ) -> tuple[Handle, list[tuple[str, Array]], bool]:
-        """(the handle that served, the outputs, whether the request waited for a load)."""
+        """(the handle that served, the outputs, whether the request waited for a load).
+        ``layout``: an object standing for the inputs' names, datatypes and shapes (a wire.py
+        request layout); a handle that has checked it once does not check it again."""
         portfolio = self.portfolio
         slot, arrived = portfolio.arrive(model, version)
         lease = portfolio.warm_lease(slot, arrived) or await portfolio.cold_lease(slot, arrived)
         handle = lease.handle
         try:
             runtime = handle.runtime
-            check_inputs(model, runtime.inputs, inputs)
-            loop = asyncio.get_running_loop()
+            if layout is None or handle.checked_layout is not layout:
+                check_inputs(model, runtime.inputs, inputs)
+                handle.checked_layout = layout
             if runtime.generative:
                 text = "".join([c async for c in self._stream(handle, inputs, params)])
                 outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
@@ -120,7 +124,7 @@ class DataPlane:
                 # Cheaper than the hop to a worker thread and back (docs/performance.md).
                 outputs = handle.timing.timed(runtime.infer, inputs)
             else:
-                outputs = await loop.run_in_executor(
+                outputs = await asyncio.get_running_loop().run_in_executor(
                     self.portfolio.infer_pool, handle.timing.timed, runtime.infer, inputs
                 )
             return handle, select_outputs(model, outputs, requested), lease.cold

@@ -96,6 +96,31 @@ def test_infer_equals_direct_onnxruntime(
     np.testing.assert_array_equal(result.as_numpy("logits"), expected)
 
 
+def test_repeated_requests_read_their_own_tensors(
+    client: Any, module_daemon: DaemonProcess
+) -> None:
+    """The second request of a shape takes the wire fast path (edged/grpc/wire.py): each reply
+    must still be computed from its own request's values, across shapes and back."""
+    rng = np.random.default_rng(11)
+    for batch in (2, 2, 2, 5, 2, 5):
+        data = rng.standard_normal((batch, 64)).astype(np.float32)
+        inp = triton.InferInput("input", [batch, 64], "FP32")
+        inp.set_data_from_numpy(data)
+        result = client.infer("mlp", [inp])
+        variant = result.get_response().parameters["edged_variant"].string_param
+        expected = direct_run(module_daemon.store, "mlp", variant, {"input": data})
+        np.testing.assert_array_equal(result.as_numpy("logits"), expected)
+
+
+def test_a_body_that_is_not_a_request_is_invalid(module_daemon: DaemonProcess) -> None:
+    with grpc.insecure_channel(module_daemon.unix_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\x0a\xff\xff\xff", timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ModelInferRequest" in err.value.details()
+
+
 def test_explicit_version_and_requested_output(client: Any) -> None:
     inp = triton.InferInput("input", [1, 64], "FP32")
     inp.set_data_from_numpy(np.ones((1, 64), np.float32))

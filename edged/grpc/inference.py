@@ -111,7 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 template, inputs = known
                 model = template.model
                 handle, outputs, cold = await self.dataplane.infer(
-                    model, template.version, inputs, template.requested, template.params
+                    model, template.version, inputs, template.requested, template.params, template
                 )
                 request_id = ""  # templates hold no request id
             else:

@@ -116,6 +116,9 @@ class Handle:
         self.timing = ComputeTiming()
         self.preloaded = False  # loaded ahead of demand
         self.used = False  # has served a request
+        # The request layout (edged/grpc/wire.py) whose tensors were last checked against this
+        # runtime's signature: the same layout has the same names, datatypes and shapes.
+        self.checked_layout: object | None = None
 
     @property
     def version(self) -> str:
