@@ -147,12 +147,13 @@ def _template(
     # The tensors must be the last fields, in order, each as one entry: check the bytes.
     layout: list[tuple[int, bytes]] = []
     starts = []
+    view = memoryview(body)  # compared in place: a tensor may be large
     for header, data in zip(headers, raw, strict=True):
-        if body[offset : offset + len(header)] != header:
+        if not body.startswith(header, offset):
             return None
         layout.append((offset, header))
         offset += len(header)
-        if body[offset : offset + len(data)] != data:
+        if view[offset : offset + len(data)] != data:
             return None
         starts.append(offset)
         offset += len(data)
@@ -161,10 +162,14 @@ def _template(
         head = pb.ModelInferRequest.FromString(prefix)
     except DecodeError:
         return None
-    expected = pb.ModelInferRequest()
-    expected.CopyFrom(request)
-    del expected.raw_input_contents[:]
-    if head != expected:
+    if (
+        head.raw_input_contents
+        or head.model_name != request.model_name
+        or head.model_version != request.model_version
+        or head.parameters != request.parameters
+        or head.inputs != request.inputs
+        or head.outputs != request.outputs
+    ):
         return None
     tensors = tuple(
         (tensor.name, inputs[tensor.name].dtype, inputs[tensor.name].shape, start)
