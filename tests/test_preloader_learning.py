@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import Request, RequestHistory
-from edged.portfolio.preloader import FLUSH_SECONDS, Preloader, PreloadSettings
+from edged.portfolio.preloader import FLUSH_CHUNK, FLUSH_SECONDS, Preloader, PreloadSettings
 from edged.store.store import ModelStore
 from tests.portfolios import open_portfolio
 
@@ -72,3 +72,42 @@ def test_completed_requests_reach_the_history_on_close(tmp_path: Path) -> None:
     preloader.close()  # the loop is gone before the timer fired: close writes them
     assert preloader.history is not None
     assert list(preloader.history.rows()) == records
+
+
+def test_the_timer_feeds_a_large_batch_in_chunks_in_order(tmp_path: Path) -> None:
+    """A request never waits behind a whole batch: each loop callback of the timer's flush feeds
+    at most FLUSH_CHUNK arrivals; all of them arrive, in order; a reader gets the rest at once."""
+    clock = Clock()
+    preloader = _preloader(tmp_path, clock)
+    fed: list[int] = []
+    per_callback: list[int] = []
+    observe, feed = preloader.forecaster.observe, preloader._feed
+
+    def counting(t: float, model: str) -> list[tuple[str, float]]:
+        fed.append(int(t))
+        return observe(t, model)
+
+    def feeding(limit: int | None) -> None:
+        before = len(fed)
+        feed(limit)
+        per_callback.append(len(fed) - before)
+
+    preloader.forecaster.observe = counting  # type: ignore[method-assign]
+    preloader._feed = feeding  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        arrivals = 3 * FLUSH_CHUNK + 5
+        for _ in range(arrivals):
+            clock.now += 1.0
+            preloader.on_arrival("m")
+        await asyncio.sleep(FLUSH_SECONDS * 3)
+        assert fed == sorted(fed) and len(fed) == arrivals  # all of them, in arrival order
+        assert per_callback == [FLUSH_CHUNK, FLUSH_CHUNK, FLUSH_CHUNK, 5]
+        for _ in range(arrivals):
+            clock.now += 1.0
+            preloader.on_arrival("m")
+        preloader.expected_requests("m")  # a reader: everything at once
+        assert per_callback[-1] == arrivals and fed == sorted(fed) and len(fed) == 2 * arrivals
+
+    asyncio.run(scenario())
+    preloader.close()

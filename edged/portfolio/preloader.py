@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.05
+# Arrivals fed per event-loop callback when the timer flushes: at ~7 us each inside a busy
+# daemon, a request that arrives meanwhile waits at most ~0.2 ms, not the whole batch (~0.6 ms
+# for 80 arrivals, up to ~2 ms).
+FLUSH_CHUNK = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +71,7 @@ class Preloader:
         # (time, model, version, variant, latency ms, warm): a tuple is cheaper to make on the
         # request path than the frozen Request it becomes at the flush.
         self._completed: list[tuple[float, str, str, str, float, bool]] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_timer: asyncio.Handle | None = None
         portfolio.expected = self.expected_requests
         portfolio.on_arrival = self.on_arrival
         portfolio.on_complete = self.on_complete
@@ -136,20 +140,34 @@ class Preloader:
         except RuntimeError:  # no loop (a caller outside the daemon): learn at once
             self.flush()
             return
-        self._flush_timer = loop.call_later(FLUSH_SECONDS, self.flush)
+        self._flush_timer = loop.call_later(FLUSH_SECONDS, self._flush_due)
+
+    def _flush_due(self) -> None:
+        """The timer's flush, FLUSH_CHUNK arrivals per loop callback until none is left."""
+        self._flush_timer = None
+        self._feed(FLUSH_CHUNK)
+        if self._arrivals:
+            self._flush_timer = asyncio.get_running_loop().call_soon(self._flush_due)
 
     def flush(self) -> None:
-        """Feed the arrivals and completed requests noted since the last flush to the forecasters
-        and the history, in order.
+        """Feed every arrival and completed request noted so far to the forecasters and the
+        history, in order (what a reader of forecasts calls first)."""
+        self._feed(None)
 
-        The forecast-error metric compares the next arrival predicted at one flush (from the
+    def _feed(self, limit: int | None) -> None:
+        """Feed the oldest ``limit`` arrivals (all when None) and every completed request.
+
+        The forecast-error metric compares the next arrival predicted at one feed (from the
         model's last arrival then) with the model's first arrival after it: the same measure as
-        per request, sampled at most once per model per flush.
+        per request, sampled at most once per model per feed.
         """
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        arrivals, self._arrivals = self._arrivals, []
+        if limit is None or len(self._arrivals) <= limit:
+            arrivals, self._arrivals = self._arrivals, []
+        else:
+            arrivals, self._arrivals = self._arrivals[:limit], self._arrivals[limit:]
         completed, self._completed = self._completed, []
         if completed and self.history is not None:
             self.history.record_many([Request(*c) for c in completed])
