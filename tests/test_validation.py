@@ -170,3 +170,14 @@ def test_repeated_crashes_quarantine_the_variant(demo_src: Path, tmp_path: Path)
         assert states["f16"] == "QUARANTINED"
     finally:
         daemon.stop()
+
+
+def test_results_of_an_older_probe_are_measured_again() -> None:
+    """A store upgraded from an older edged holds probe results measured differently (version 2
+    charged every variant ~3 MB of numpy.random): they are not reused."""
+    from edged.runtime.probe import PROBE_VERSION, ProbeResult
+
+    result = ProbeResult(True, load_seconds=0.1, memory_bytes=800_000, platform="onnxruntime_onnx")
+    assert ProbeResult.from_json(result.to_json()) == result
+    stale = dict(result.to_json(), probe_version=PROBE_VERSION - 1, memory_bytes=3_800_000)
+    assert ProbeResult.from_json(stale) is None
