@@ -208,21 +208,27 @@ def infer_response(
     cold: bool = False,
 ) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse()
-    response.CopyFrom(_head(request.model_name, version, variant, cold))
+    response.CopyFrom(response_head(request.model_name, version, variant, cold))
     response.id = request.id
     for name, array in outputs:
-        if array.dtype == object or array.dtype.kind in "SU":
-            datatype, payload = "BYTES", serialize_bytes(array)
-        else:
-            datatype = NUMPY_TO_DATATYPE[array.dtype]
-            payload = array.tobytes()  # C order whatever the array's layout
+        datatype, payload, _ = encode_output(array)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        response.raw_output_contents.append(payload)
+        response.raw_output_contents.append(bytes(payload))
     return response
 
 
+def encode_output(array: Array) -> tuple[str, Any, int]:
+    """An output's (datatype, raw contents, their size): BYTES elements length-prefixed, any
+    other array its memory in C order whatever its layout (a contiguous array, not yet copied)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        payload = serialize_bytes(array)
+        return "BYTES", payload, len(payload)
+    contiguous = np.ascontiguousarray(array)
+    return NUMPY_TO_DATATYPE[array.dtype], contiguous, contiguous.nbytes
+
+
 @functools.lru_cache(maxsize=1024)
-def _head(model: str, version: str, variant: str, cold: bool) -> pb.ModelInferResponse:
+def response_head(model: str, version: str, variant: str, cold: bool) -> pb.ModelInferResponse:
     """What every response of one served variant starts with, built once: copying it is cheaper
     than filling the two parameters per request. Never mutated (callers copy it)."""
     head = pb.ModelInferResponse(model_name=model, model_version=version)

@@ -24,8 +24,8 @@ from google.protobuf.message import DecodeError
 
 from edged.api import inference_pb2 as pb
 from edged.errors import InvalidInputError
-from edged.grpc.convert import serialize_bytes
-from edged.runtime.base import NUMPY_TO_DATATYPE, Array, GenerationParams
+from edged.grpc.convert import encode_output, response_head
+from edged.runtime.base import Array, GenerationParams
 
 # Field tags (field number << 3 | wire type 2) of ModelInferRequest / ModelInferResponse.
 _REQUEST_NAME = 0x0A  # model_name = 1
@@ -195,15 +195,8 @@ def infer_response(
         parts += (_RESPONSE_ID, varint(len(data)), data)
     payloads: list[Any] = []
     for name, array in outputs:
-        payload: Any
-        if array.dtype == object or array.dtype.kind in "SU":
-            datatype, payload = "BYTES", serialize_bytes(array)
-            size = len(payload)
-        else:
-            datatype = NUMPY_TO_DATATYPE[array.dtype]
-            # joined straight from the array's memory: the one copy is into the reply
-            payload = np.ascontiguousarray(array)
-            size = payload.nbytes
+        # Joined straight from the array's memory: the one copy is into the reply.
+        datatype, payload, size = encode_output(array)
         parts.append(_output(name, datatype, array.shape))
         payloads += (_RAW_OUTPUT, varint(size), payload)
     return b"".join(parts + payloads)
@@ -211,11 +204,7 @@ def infer_response(
 
 @functools.lru_cache(maxsize=1024)
 def _head(model: str, version: str, variant: str, cold: bool) -> bytes:
-    head = pb.ModelInferResponse(model_name=model, model_version=version)
-    head.parameters["edged_variant"].string_param = variant
-    # True when this request waited for a load: what preloading is meant to avoid.
-    head.parameters["edged_cold"].bool_param = cold
-    return head.SerializeToString()
+    return response_head(model, version, variant, cold).SerializeToString()
 
 
 @functools.lru_cache(maxsize=1024)
