@@ -92,8 +92,12 @@ def echo_server(socket_path: str, uvloop: bool = False) -> None:
     serve_bytes(socket_path, ECHO_METHOD, echo, uvloop)
 
 
-def minimal_server(socket_path: str, model_path: str, shape: str) -> None:
-    """Path (d): run_in_executor(session.run) on raw bytes, nothing else."""
+def minimal_server(socket_path: str, model_path: str, shape: str, inline: str = "") -> None:
+    """Path (d): run_in_executor(session.run) on raw bytes, nothing else. With ``inline``:
+    session.run on the event loop itself, on uvloop - what edged does with a sub-150 us model,
+    minus the protocol: edged's p50 over it is what decode, validation, routing, leases and
+    encoding cost, with the model's run (slower inside any gRPC server than back to back) on
+    both sides."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -110,7 +114,14 @@ def minimal_server(socket_path: str, model_path: str, shape: str) -> None:
         out = await loop.run_in_executor(pool, session.run, None, {"input": x})
         return bytes(out[0].tobytes())
 
-    serve_bytes(socket_path, MINIMAL_METHOD, run)
+    async def run_inline(request: bytes, context: Any) -> bytes:
+        x = np.frombuffer(request, np.float32).reshape(dims)
+        return bytes(session.run(None, {"input": x})[0].tobytes())
+
+    if inline:
+        serve_bytes(socket_path, MINIMAL_METHOD, run_inline, uvloop=True)
+    else:
+        serve_bytes(socket_path, MINIMAL_METHOD, run)
 
 
 def build_store(work: Path) -> Path:
@@ -243,7 +254,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "overhead.md"))
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     parser.add_argument("--echo-uvloop-server", help=argparse.SUPPRESS)
-    parser.add_argument("--minimal-server", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--minimal-server", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         echo_server(args.echo_server)
@@ -292,20 +303,20 @@ def main() -> int:
             so.intra_op_num_threads = 1
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             model_path = str(ModelStore(root).variant_path(manifest.variants[0]))
-            minimal_sock = work / f"minimal-{name}.sock"
-            minimal = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--minimal-server",
-                    str(minimal_sock),
-                    model_path,
-                    ",".join(str(d) for d in x.shape),
-                ],
-                stdout=subprocess.PIPE,
-            )
-            assert minimal.stdout is not None and minimal.stdout.readline().strip() == b"ready"
-            minimal_channel = grpc.insecure_channel(f"unix:{minimal_sock}")
+            # The inline variant only where edged runs inline: the tiny model.
+            minimal_kinds = {"minimal (unix)": ""}
+            if name == "tiny":
+                minimal_kinds["minimal inline (unix)"] = "inline"
+            minimals: dict[str, subprocess.Popen[bytes]] = {}
+            minimal_channels: dict[str, grpc.Channel] = {}
+            for label, inline in minimal_kinds.items():
+                sock = work / f"minimal-{name}{'-' + inline if inline else ''}.sock"
+                command = [sys.executable, __file__, "--minimal-server", str(sock), model_path]
+                command += [",".join(str(d) for d in x.shape), *([inline] if inline else [])]
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+                assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+                minimals[label] = proc
+                minimal_channels[label] = grpc.insecure_channel(f"unix:{sock}")
             session = ort.InferenceSession(
                 model_path,
                 so,
@@ -319,24 +330,27 @@ def main() -> int:
                 stub = channel.unary_unary(method)
                 calls[label] = lambda c=stub, b=body: c(b, timeout=60)
             raw = x.tobytes()
-            minimal_stub = minimal_channel.unary_unary(MINIMAL_METHOD)
-            calls["minimal (unix)"] = lambda c=minimal_stub, b=raw: c(b, timeout=60)
+            for label, channel in minimal_channels.items():
+                stub = channel.unary_unary(MINIMAL_METHOD)
+                calls[label] = lambda c=stub, b=raw: c(b, timeout=60)
+                servers[label] = psutil.Process(minimals[label].pid)
             try:
-                servers["minimal (unix)"] = psutil.Process(minimal.pid)
                 for concurrency in (1, 2):
                     for label, r in measure(calls, concurrency, n, args.rounds, servers).items():
                         rows.append((name, concurrency, label, r))
                         print(
-                            f"{name:5} c={concurrency} {label:14} p50 {r['p50_ms']:7.3f} ms  "
+                            f"{name:5} c={concurrency} {label:21} p50 {r['p50_ms']:7.3f} ms  "
                             f"p99 {r['p99_ms']:7.3f} ms  {r['rps']:8.1f} req/s  "
                             f"cpu client {r['client_cpu_us']:6.0f} us server "
                             f"{r['server_cpu_us']:6.0f} us",
                             flush=True,
                         )
             finally:
-                minimal_channel.close()
-                minimal.terminate()
-                minimal.wait()
+                for channel in minimal_channels.values():
+                    channel.close()
+                for proc in minimals.values():
+                    proc.terminate()
+                    proc.wait()
     finally:
         for channel in channels.values():
             channel.close()
@@ -390,6 +404,20 @@ def main() -> int:
                 f"| {model} | {c} | {over_echo:+.0f} us | {over_uv:+.0f} us | "
                 f"{added_unix:+.0f} us | {added_tcp:+.0f} us | {ratio:.2f} x | {vs_minimal:.2f} x |"
             )
+    lines += [
+        "",
+        "The tiny model against *minimal inline* (a protocol-free uvloop server that runs the",
+        "model on its event loop, as edged does for models under 150 us): edged's p50 over it",
+        "is what its decode, validation, routing, leases and encoding add, the run on both sides.",
+        "",
+        "| conc | minimal inline p50 ms | edged (unix) p50 ms | edged over minimal inline |",
+        "|---|---|---|---|",
+    ]
+    for c in (1, 2):
+        inline_p50 = get("tiny", c, "minimal inline (unix)")["p50_ms"]
+        edged_p50 = get("tiny", c, "edged (unix)")["p50_ms"]
+        added = (edged_p50 - inline_p50) * 1e3
+        lines.append(f"| {c} | {inline_p50:.3f} | {edged_p50:.3f} | {added:+.0f} us |")
     cores = os.cpu_count() or 1
     lines += [
         "",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import Request, RequestHistory
+from edged.metrics import Metrics
 from edged.portfolio.preloader import FLUSH_CHUNK, FLUSH_SECONDS, Preloader, PreloadSettings
 from edged.store.store import ModelStore
 from tests.portfolios import open_portfolio
@@ -108,6 +109,41 @@ def test_the_timer_feeds_a_large_batch_in_chunks_in_order(tmp_path: Path) -> Non
             preloader.on_arrival("m")
         preloader.expected_requests("m")  # a reader: everything at once
         assert per_callback[-1] == arrivals and fed == sorted(fed) and len(fed) == 2 * arrivals
+
+    asyncio.run(scenario())
+    preloader.close()
+
+
+def _error_count(metrics: Metrics) -> float:
+    for family in metrics.forecast_error.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                return sample.value
+    raise AssertionError("no count sample")
+
+
+def test_the_forecast_error_is_sampled_once_per_batch_not_per_chunk(tmp_path: Path) -> None:
+    """The timer's chunks are one batch: the error metric compares the prediction made when the
+    previous batch was fed with the model's first arrival of this one, once."""
+    clock = Clock()
+    portfolio = open_portfolio(ModelStore(tmp_path / "store"), tmp_path)
+    metrics = Metrics()
+    preloader = Preloader(
+        portfolio, Forecaster(), None, PreloadSettings(), clock=clock, metrics=metrics
+    )
+
+    async def batch(count: int) -> None:
+        for _ in range(count):
+            clock.now += 1.0
+            preloader.on_arrival("m")
+        await asyncio.sleep(FLUSH_SECONDS * 4)
+        assert not preloader._arrivals
+
+    async def scenario() -> None:
+        await batch(3 * FLUSH_CHUNK + 5)  # a steady 1 s rhythm: a next arrival is predicted
+        assert _error_count(metrics) == 0  # nothing was predicted before this batch
+        await batch(3 * FLUSH_CHUNK + 5)
+        assert _error_count(metrics) == 1
 
     asyncio.run(scenario())
     preloader.close()
