@@ -80,8 +80,7 @@ class RequestHistory:
 
     def record(self, request: Request) -> None:
         """Queue a request for writing; never blocks."""
-        r = request
-        self.record_rows([(r.t, r.model, r.version, r.variant, r.latency_ms, r.warm)])
+        self.record_rows([dataclasses.astuple(request)])  # fields in the table's column order
 
     def record_rows(self, rows: list[Row]) -> None:
         """Queue requests, as rows in the table's column order, for writing as one item; never
