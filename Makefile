@@ -48,6 +48,7 @@ check-stubs: install
 lint: install
 	$(BIN)/ruff check edged tests bench
 	$(BIN)/ruff format --check edged tests bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy

@@ -2,9 +2,10 @@
 is lost to edged's own request handling, and how much to the transport.
 
 Runs, in one process and one sitting, interleaved: (a) ``session.run`` from 1 or 2 threads (the
-in-process baseline of bench/overhead.py) and (b) the daemon's own Portfolio and DataPlane.infer
-driven by 1 or 2 coroutines on an event loop (lease, checks, the hop to the inference pool,
-release, the forecasters' bookkeeping) — everything ModelInfer does except gRPC and protobuf.
+in-process baseline of bench/overhead.py) and (b) the daemon's own Portfolio and
+InferenceService.infer driven by 1 or 2 coroutines on an event loop (lease, checks, the hop to
+the inference pool, release, the forecasters' bookkeeping) — everything ModelInfer does except
+gRPC and protobuf.
 
     .venv/bin/python bench/dataplane.py --requests 600 --rounds 5
 """
@@ -27,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import MODELS, build_store, run_load  # noqa: E402
-from edged.dataplane import DataPlane  # noqa: E402
-from edged.runtime.base import GenerationParams  # noqa: E402
+from edged.events import NoEvents  # noqa: E402
+from edged.serving.inference import InferenceService  # noqa: E402
 from edged.store.store import ModelStore  # noqa: E402
+from edged.tensors import GenerationParams  # noqa: E402
 from tests.portfolios import open_portfolio  # noqa: E402
 
 PARAMS = GenerationParams(max_tokens=16, temperature=0.0)
@@ -44,7 +46,7 @@ def main() -> int:
     try:
         root = build_store(work)
         portfolio = open_portfolio(ModelStore(root), work)
-        dataplane = DataPlane(portfolio)
+        dataplane = InferenceService(portfolio, NoEvents(), workers=4)
         sizes, batch = MODELS["mid"]
         x = np.random.default_rng(0).standard_normal((batch, sizes[0])).astype(np.float32)
         store = ModelStore(root)
@@ -76,6 +78,7 @@ def main() -> int:
                     rate = await dataplane_rate(c, args.requests)
                     rates.setdefault(("edged data plane", c), []).append(rate)
             await portfolio.close()
+            dataplane.close()
             portfolio.journal.close()
             return rates
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edged.demo import gguf_llama  # noqa: E402
-from edged.update.layout import detect  # noqa: E402
+from edged.formats import detect  # noqa: E402
 from edged.update.synthetic import finetune  # noqa: E402
 
 # Same files as bench/patch.py (generator, dimensions, seeds).

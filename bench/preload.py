@@ -21,16 +21,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from residency import best_total, measured_portfolio, standard_trace  # noqa: E402
 
-from edged.simulate import (  # noqa: E402
+from edged.settings import PreloadSettings  # noqa: E402
+from edged.sim.baselines import (  # noqa: E402
     BeladyPolicy,
-    EdgedPolicy,
     HybridHistogramPolicy,
     LruPolicy,
     OllamaPolicy,
-    Policy,
-    SimPreload,
-    replay,
 )
+from edged.sim.edged_policy import EdgedPolicy  # noqa: E402
+from edged.sim.policy import Policy, replay  # noqa: E402
 
 
 def main() -> int:
@@ -58,9 +57,9 @@ def main() -> int:
         for seed in args.seeds:
             events = standard_trace(models, args.days, seed)
             policies: list[Policy] = [
-                EdgedPolicy(options, budget, preload=SimPreload(), start_loaded=True),
+                EdgedPolicy(options, budget, preload=PreloadSettings(), start_loaded=True),
                 EdgedPolicy(options, budget, start_loaded=True),
-                EdgedPolicy(options, budget, preload=SimPreload()),
+                EdgedPolicy(options, budget, preload=PreloadSettings()),
             ]
             for cls in (LruPolicy, OllamaPolicy, HybridHistogramPolicy):
                 policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]

@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edged.portfolio.journal import CrashJournal  # noqa: E402
-from edged.portfolio.portfolio import Portfolio, PortfolioSettings  # noqa: E402
-from edged.portfolio.residency import BudgetSettings  # noqa: E402
+from edged.portfolio.portfolio import Portfolio  # noqa: E402
 from edged.runtime import warm_runtimes  # noqa: E402
 from edged.store.store import ModelStore  # noqa: E402
-from tests.portfolios import mlp_family  # noqa: E402
+from tests.portfolios import make_settings, mlp_family  # noqa: E402
 
 
-async def serve_requests(portfolio: Portfolio, n: int) -> list[float]:
+async def serve_requests(portfolio: Portfolio, pool: ThreadPoolExecutor, n: int) -> list[float]:
     x = {"input": np.ones((1, 512), np.float32)}
     loop = asyncio.get_running_loop()
     out = []
@@ -41,7 +41,7 @@ async def serve_requests(portfolio: Portfolio, n: int) -> list[float]:
         start = time.perf_counter()
         lease = await portfolio.lease("serving", "")
         try:
-            await loop.run_in_executor(portfolio.infer_pool, lease.handle.runtime.infer, x)
+            await loop.run_in_executor(pool, lease.handle.runtime.infer, x)
         finally:
             lease.release()
         out.append((time.perf_counter() - start) * 1e6)
@@ -69,8 +69,9 @@ async def main_async(rounds: int, requests: int) -> str:
     portfolio = Portfolio(
         store,
         CrashJournal(work / "journal"),
-        PortfolioSettings(budget=BudgetSettings(configured=1 << 34)),
+        make_settings(),
     )
+    pool = ThreadPoolExecutor(4, "edged-infer")
     portfolio.refresh()
     for name in ("serving", "other"):
         await portfolio.ensure_ready(portfolio.slots[name], "fp32")
@@ -84,12 +85,13 @@ async def main_async(rounds: int, requests: int) -> str:
             background = (
                 asyncio.ensure_future(churn(portfolio, mode, stop)) if phase != "idle" else None
             )
-            results[phase] += await serve_requests(portfolio, requests)
+            results[phase] += await serve_requests(portfolio, pool, requests)
             stop.set()
             if background is not None:
                 loads[phase] += await background
     with contextlib.suppress(Exception):
         await portfolio.close()
+    pool.shutdown()
     idle = statistics.median(results["idle"])
     lines = [
         "| phase | loads of the other model | p50 us | p99 us | p50 vs idle |",

@@ -5,9 +5,10 @@ portfolio plus three mid-size MLP families (fp32/int8, 8.4 MB of fp32 weights ea
 simulated portfolio has 12 models: two copies of each of those six measured families. Budgets
 are 30/50/70% of the portfolio's best-variant (fp32/f16) bytes.
 
-edged's policy is the daemon's own code (edged/portfolio/residency.py: DecayedRate, choose_load,
-plan, upgrade_target). Baselines, each run twice (always the best variant; always the smallest),
-since today's servers serve one file per model:
+edged's policy is the daemon's own residency engine (edged/portfolio/engine.py), driven on a
+virtual clock by edged/sim/edged_policy.py with the daemon's default settings. Baselines, each
+run twice (always the best variant; always the smallest), since today's servers serve one file
+per model:
 
 - LRU (llama.cpp's router, ModelMesh);
 - Ollama's order: 5-minute keep-alive, expired models unloaded, the soonest-expiring evicted first;
@@ -33,21 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edged.demo import build_demo  # noqa: E402
-from edged.portfolio.residency import Option  # noqa: E402
+from edged.portfolio.scoring import Option  # noqa: E402
 from edged.runtime.probe import probe  # noqa: E402
-from edged.simulate import (  # noqa: E402
-    BeladyPolicy,
-    EdgedPolicy,
-    GdsfPolicy,
-    LruPolicy,
-    OllamaPolicy,
-    Options,
-    Policy,
-    SimPreload,
-    replay,
-)
+from edged.settings import PreloadSettings  # noqa: E402
+from edged.sim.baselines import BeladyPolicy, GdsfPolicy, LruPolicy, OllamaPolicy  # noqa: E402
+from edged.sim.edged_policy import EdgedPolicy  # noqa: E402
+from edged.sim.policy import Options, Policy, replay  # noqa: E402
+from edged.sim.trace import DAY, TraceSpec, synthesize  # noqa: E402
 from edged.store.manifest import loads  # noqa: E402
-from edged.trace import DAY, TraceSpec, synthesize  # noqa: E402
 from tests.portfolios import mlp_family  # noqa: E402
 
 
@@ -134,9 +128,9 @@ def main() -> int:
     for share in (0.3, 0.5, 0.7):
         budget = int(total_best * share)
         policies: list[Policy] = [
-            EdgedPolicy(options, budget, preload=SimPreload(), start_loaded=True),
+            EdgedPolicy(options, budget, preload=PreloadSettings(), start_loaded=True),
             EdgedPolicy(options, budget, start_loaded=True),
-            EdgedPolicy(options, budget, preload=SimPreload()),
+            EdgedPolicy(options, budget, preload=PreloadSettings()),
         ]
         for cls in (LruPolicy, OllamaPolicy, GdsfPolicy):
             policies += [cls(options, budget, "best"), cls(options, budget, "smallest")]

@@ -1,100 +1,57 @@
-"""The portfolio: one slot per model, variant validation and choice, loading and leases.
+"""The portfolio: the async shell that carries out the residency engine's decisions.
 
-Loading order for a variant that has never run here: probe it in a subprocess (runtime/probe.py),
-remember the verdict per blob, and only then load it into the daemon. Loads run one at a time on
-their own thread, so a cold load never occupies an inference worker and RSS deltas measure one
-load each.
+It owns one slot per model, describes them to the engine as a snapshot (engine.py), and executes
+what comes back under the memory lock: loads (loader.py), drains, evictions, downgrades, upgrades
+and preloads. The decisions themselves live in the engine, which the simulator drives too; what
+lives here is their execution: locks, waits, leases, measurement and the order of the steps.
+
+Requests to resident models never take the memory lock (``arrive`` / ``warm_lease``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
 
-from edged.errors import EdgedError, ErrorCode, NotFoundError, UnavailableError
-from edged.portfolio.journal import LOADING, RESIDENT, CrashJournal
-from edged.portfolio.residency import (
-    Action,
+from edged.errors import EdgedError, ErrorCode, NotFoundError
+from edged.events import Events, NoEvents
+from edged.portfolio.budget import (
+    Accounting,
     BudgetReading,
-    BudgetSettings,
-    Option,
-    Resident,
-    ScoringWeights,
+    MemoryMeter,
+    ProcessMemory,
     SystemMemory,
-    candidate_actions,
-    choose_load,
-    plan,
-    preload_choice,
-    startup_reserve,
-    upgrade_target,
-    working_budget,
 )
-from edged.portfolio.slot import Handle, Lease, Slot, SlotState
-from edged.runtime import open_runtime
-from edged.runtime.base import LoadStats, Runtime
-from edged.runtime.memory import measure, release_freed_memory, rss_bytes
-from edged.runtime.probe import ProbeResult, probe_and_record, stored_result
+from edged.portfolio.engine import (
+    ModelState,
+    NoRoom,
+    Placement,
+    ResidencyEngine,
+    Shed,
+    Snapshot,
+    Upgrade,
+)
+from edged.portfolio.journal import CrashJournal
+from edged.portfolio.loader import Loader
+from edged.portfolio.scoring import Action, ActionKind, Option
+from edged.portfolio.slot import Handle, Lease, Slot
+from edged.portfolio.verdicts import Prober, SubprocessProber, Verdict, Verdicts, VerdictState
+from edged.runtime.probe import ProbeResult
+from edged.settings import Settings
 from edged.store.manifest import Manifest, Variant
 from edged.store.store import ModelStore
 
-if TYPE_CHECKING:
-    from edged.metrics import Metrics
-
 log = logging.getLogger(__name__)
 
-# After an upgrade that did not fit once loaded, how long before that model may try again.
-UPGRADE_BACKOFF_SECONDS = 300.0
+# How many times one decision re-plans when what it loaded measured more than planned.
+SHED_ROUNDS = 3
 
 
-def _background_priority() -> None:
-    """Run preloads below the request path's priority (nice 10 on this thread only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-def _threads() -> set[str]:
-    try:
-        return set(os.listdir("/proc/self/task"))
-    except OSError:
-        return set()
-
-
-def _restore_priority(tids: set[str]) -> None:
-    """Threads a runtime starts during a preload inherit its nice value; give them the
-    process's (needs CAP_SYS_NICE or a LimitNICE= that allows it; else they stay niced)."""
-    # The main thread's (its id is the pid); 0 would mean the calling, niced preload thread.
-    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
-    for tid in tids:
-        with contextlib.suppress(OSError, ValueError):
-            os.setpriority(os.PRIO_PROCESS, int(tid), base)
-
-
-def variant_key(variant: Variant) -> str:
-    """Verdicts and crash counts belong to a file and its runtime, not to a model name."""
-    return f"{variant.sha256}.{variant.format}"
-
-
-@dataclasses.dataclass(frozen=True)
-class PortfolioSettings:
-    budget: BudgetSettings
-    weights: ScoringWeights = dataclasses.field(default_factory=ScoringWeights)
-    probe_timeout: float = 120.0
-    quarantine_after: int = 2
-    drain_seconds: float = 10.0
-    infer_workers: int = 4
-    # How long a request waits for memory before RESOURCE_EXHAUSTED.
-    load_timeout: float = 30.0
-    pinned: frozenset[str] = frozenset()
-    # A downgraded model is upgraded back when it expects at least this many requests.
-    upgrade_min_requests: float = 1.0
+def _no_forecast(name: str) -> float:
+    return 0.0
 
 
 class Portfolio:
@@ -102,82 +59,75 @@ class Portfolio:
         self,
         store: ModelStore,
         journal: CrashJournal,
-        settings: PortfolioSettings,
+        settings: Settings,
         *,
         system: SystemMemory | None = None,
+        meter: MemoryMeter | None = None,
+        prober: Prober | None = None,
         clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        events: Events | None = None,
     ) -> None:
         self.store = store
         self.journal = journal
         self.settings = settings
-        self.system = system or SystemMemory()
         self.clock = clock
-        self.metrics = metrics
-        self.slots: dict[str, Slot] = {}
-        self.infer_pool = ThreadPoolExecutor(settings.infer_workers, "edged-infer")
-        self._load_pool = ThreadPoolExecutor(1, "edged-load")
-        self._preload_pool = ThreadPoolExecutor(
-            1, "edged-preload", initializer=_background_priority
+        self.events: Events = events or NoEvents()
+        self.engine = ResidencyEngine(settings.residency, settings.preload)
+        self.verdicts = Verdicts(
+            store,
+            prober or SubprocessProber(settings.validation.timeout_seconds),
+            settings.validation,
         )
-        # Bytes promised to preloads in flight (they load outside the memory lock).
-        self._reserved: dict[str, int] = {}
-        # Two loads at once share one RSS delta: a load overlapped another when one was running as
-        # it started, or one started before it finished.
-        self._loads_running = 0
-        self._loads_started = 0
+        self.budget = Accounting(
+            settings.memory, system or SystemMemory(), meter or ProcessMemory()
+        )
+        self.loader = Loader(journal, self.budget.meter, self.events, store.variant_path)
+        self.slots: dict[str, Slot] = {}
+        # Models the store holds whose serving version cannot be read, with the reason.
+        self.unavailable: dict[str, str] = {}
         # Hooks of the preloader (edged/portfolio/preloader.py): forecast expected requests
         # within the horizon, see each arrival, see each finished request.
-        self.expected: Callable[[str], float] | None = None
+        self.expected: Callable[[str], float] = _no_forecast
         self.on_arrival: Callable[[str], None] | None = None
         self.on_complete: Callable[[Lease], None] | None = None
-        self._crashes: dict[str, dict[str, Any]] = {}
-        self._verdicts: dict[str, ProbeResult] = {}
-        self._probing: dict[str, asyncio.Future[ProbeResult]] = {}
         self._background: set[asyncio.Future[None]] = set()
         # Every decision that changes what is resident holds this lock; requests to resident
         # models never take it.
         self._memory = asyncio.Lock()
         self._memory_changed = asyncio.Event()
-        self.reading = BudgetReading(settings.budget.configured, "config", 0, None)
-        self.baseline_rss = rss_bytes()
-        # Measured RSS above the baseline over the sum of per-load measurements (>= 1).
-        self.correction = 1.0
 
     # -- start-up -------------------------------------------------------------------------------
 
     def recover_from_crash(self) -> list[str]:
         """Blame the variants that were loading or running when the last run died."""
-        clean, entries = self.journal.previous_run()
-        self._crashes = self.store.crashes()
-        suspects = [] if clean else [e.key for e in entries if e.suspect]
-        for key in suspects:
-            record = self._crashes.setdefault(key, {"count": 0})
-            record["count"] = int(record.get("count", 0)) + 1
-            log.warning(
-                "the last run died while %s was loading or running (crash %d)", key, record["count"]
-            )
-        if suspects:
-            self.store.put_crashes(self._crashes)
+        suspects = self.verdicts.recover_from_crash(self.journal)
         self.journal.start()
         return suspects
 
     def refresh(self) -> None:
         """Re-read the store: new models, new active versions."""
+        pinned = self.settings.pinned()
         for name in self.store.models():
-            slot = self.slots.get(name)
-            if slot is None:
-                slot = self.slots[name] = Slot(name, self.settings.weights.half_life_seconds)
-                slot.pinned = name in self.settings.pinned
             active = self.store.active(name)
             if active is None:
                 continue
-            if slot.manifest is None or slot.manifest.version != active:
-                try:
-                    slot.manifest = self.store.manifest(name, active)
-                except EdgedError as exc:
-                    slot.reason = exc.message
-                    log.error("model %s: cannot read version %s: %s", name, active, exc.message)
+            slot = self.slots.get(name)
+            if slot is not None and slot.manifest.version == active:
+                continue
+            try:
+                manifest = self.store.manifest(name, active)
+            except EdgedError as exc:
+                self.unavailable[name] = exc.message
+                log.error("model %s: cannot read version %s: %s", name, active, exc.message)
+                continue
+            self.unavailable.pop(name, None)
+            if slot is None:
+                slot = self.slots[name] = Slot(
+                    name, manifest, self.settings.residency.half_life_seconds
+                )
+                slot.pinned = name in pinned
+            else:
+                slot.serve(manifest)
 
     def version_changed(self, name: str) -> None:
         """The store's active version of ``name`` moved (a pushed update): requests get it from
@@ -189,87 +139,48 @@ class Portfolio:
             self._in_background(self.load(name))
 
     async def load_all(self) -> None:
-        """Load every model's active version while the budget allows; the rest load on demand.
+        """Load every model's serving version while the budget allows; the rest load on demand.
 
-        Nothing is evicted at start, so a greedy pass would give the first models their best
-        variants and leave the last ones cold. Instead each load keeps room for the smallest
-        variants of the models still to come; models go busiest first (the replayed history),
-        then by name. So every model that can be resident is, at the best quality left for it,
-        and the residency tick upgrades busy ones later as memory allows (docs/residency.md).
-        """
-        slots = [slot for _, slot in sorted(self.slots.items()) if slot.manifest is not None]
-        smallest: dict[str, int] = {}
-        for slot in slots:
-            assert slot.manifest is not None
+        The engine orders them busiest first and leaves room, at each step, for the smallest
+        variants of the models still to come (engine.place_at_start)."""
+        for slot in self.slots.values():
             with contextlib.suppress(EdgedError):  # reported by the load below
-                options = await self._usable_options(slot.manifest)
-                smallest[slot.name] = min(o.bytes for _, o in options)
-        order = sorted(slots, key=lambda s: -self.predicted_requests(s))  # stable: name order
-        for i, slot in enumerate(order):
-            reserve = startup_reserve(
-                self.free(),
-                smallest.get(slot.name, 0),
-                sum(smallest.get(s.name, 0) for s in order[i + 1 :]),
-            )
+                await self._usable_options(slot.manifest)
+        order = self.engine.startup_order(self.snapshot())
+        for i, name in enumerate(order):
+            slot = self.slots[name]
             try:
-                await self.ensure_ready(slot, wait=False, evict=False, reserve=reserve)
+                await self.ensure_ready(slot, wait=False, start_up=order[i + 1 :])
             except EdgedError as exc:
-                log.warning("model %s not loaded at start: %s", slot.name, exc.message)
+                log.warning("model %s not loaded at start: %s", name, exc.message)
 
     # -- verdicts -------------------------------------------------------------------------------
 
-    def crash_count(self, variant: Variant) -> int:
-        return int(self._crashes.get(variant_key(variant), {}).get("count", 0))
-
-    def verdict(self, variant: Variant) -> tuple[str, str, ProbeResult | None]:
-        """(state, reason, probe result) without running anything."""
-        crashes = self.crash_count(variant)
-        if crashes >= self.settings.quarantine_after:
-            return (
-                "QUARANTINED",
-                f"quarantined: the daemon died {crashes} times while this variant was "
-                "loading or running",
-                None,
-            )
-        result = self._verdicts.get(variant_key(variant))
-        if result is None:
-            result = stored_result(self.store, variant)
-            if result is not None:
-                self._verdicts[variant_key(variant)] = result
-        if result is None:
-            return ("UNVALIDATED", "", None)
-        if not result.usable:
-            return ("UNUSABLE", result.reason, result)
-        return ("USABLE", "", result)
+    def verdict(self, variant: Variant) -> Verdict:
+        return self.verdicts.verdict(variant)
 
     async def validate(self, variant: Variant) -> ProbeResult:
-        state, reason, result = self.verdict(variant)
-        if result is not None or state == "QUARANTINED":
-            return result or ProbeResult(False, reason)
-        key = variant_key(variant)
-        pending = self._probing.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._run_probe(variant))
-            self._probing[key] = pending
-            pending.add_done_callback(lambda _: self._probing.pop(key, None))
-        return await asyncio.shield(pending)
-
-    async def _run_probe(self, variant: Variant) -> ProbeResult:
-        result = await probe_and_record(self.store, variant, self.settings.probe_timeout)
-        self._verdicts[variant_key(variant)] = result
-        return result
+        return await self.verdicts.validate(variant)
 
     # -- accounting -----------------------------------------------------------------------------
+
+    @property
+    def reading(self) -> BudgetReading:
+        return self.budget.reading
+
+    @property
+    def correction(self) -> float:
+        return self.budget.correction
 
     def accounted(self) -> int:
         """Bytes the resident variants hold, as measured at load and corrected since."""
         return sum(self.bytes_of(s.handle) for s in self.slots.values() if s.handle)
 
     def free(self) -> int:
-        return self.reading.bytes - self.accounted() - sum(self._reserved.values())
+        return self.reading.bytes - self.accounted() - sum(self.budget.reserved.values())
 
     def bytes_of(self, handle: Handle) -> int:
-        return int(handle.load_stats.memory_bytes * self.correction)
+        return self.budget.charge(handle.load_stats)
 
     @staticmethod
     def expected_bytes(variant: Variant, result: ProbeResult | None) -> int:
@@ -278,11 +189,10 @@ class Portfolio:
         return variant.memory_bytes or variant.size
 
     def predicted_requests(self, slot: Slot) -> float:
-        w = self.settings.weights
-        by_rate = slot.rate.rate(self.clock()) * w.horizon_seconds
-        if self.expected is None:
-            return by_rate
+        by_rate = slot.rate.rate(self.clock()) * self.settings.residency.horizon_seconds
         return max(by_rate, self.expected(slot.name))
+
+    # -- the engine's view ----------------------------------------------------------------------
 
     def _option(self, variant: Variant, result: ProbeResult | None) -> Option:
         return Option(
@@ -292,13 +202,13 @@ class Portfolio:
             result.load_seconds if result else 1.0,
         )
 
-    def _known_options(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
+    def known_options(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
         """Usable variants whose verdict is already known, best quality first."""
         out = []
         for variant in manifest.variants:
-            state, _, result = self.verdict(variant)
-            if state == "USABLE":
-                out.append((variant, self._option(variant, result)))
+            verdict = self.verdict(variant)
+            if verdict.state is VerdictState.USABLE:
+                out.append((variant, self._option(variant, verdict.result)))
         out.sort(key=lambda vo: (-vo[1].quality, vo[1].bytes))
         return out
 
@@ -308,7 +218,7 @@ class Portfolio:
             result = await self.validate(variant)
             if not result.usable:
                 reasons.append(f"{variant.id}: {result.reason}")
-        options = self._known_options(manifest)
+        options = self.known_options(manifest)
         if not options:
             raise EdgedError(
                 f"model {manifest.name} version {manifest.version}: no variant can be loaded ("
@@ -318,34 +228,39 @@ class Portfolio:
             )
         return options
 
-    def residents(self, exclude: str | None = None) -> list[Resident]:
-        out = []
-        for name, slot in self.slots.items():
-            handle = slot.handle
-            if handle is None or name == exclude:
-                continue
-            current = Option(
+    def _state(self, slot: Slot) -> ModelState:
+        handle = slot.handle
+        options = tuple(o for _, o in self.known_options(slot.manifest))
+        resident = None
+        resident_options = None
+        if handle is not None:
+            resident = Option(
                 handle.variant.id,
                 self.bytes_of(handle),
                 handle.variant.quality,
                 handle.load_stats.seconds,
             )
-            smaller = tuple(
-                option
-                for _, option in self._known_options(handle.manifest)
-                if option.bytes < current.bytes and option.variant != current.variant
-            )
-            out.append(
-                Resident(
-                    name,
-                    current,
-                    smaller,
-                    self.predicted_requests(slot),
-                    pinned=slot.pinned,
-                    busy=handle.inflight > 0,
-                )
-            )
-        return out
+            if handle.manifest is not slot.manifest:
+                resident_options = tuple(o for _, o in self.known_options(handle.manifest))
+        return ModelState(
+            slot.name,
+            options,
+            resident,
+            self.predicted_requests(slot),
+            pinned=slot.pinned,
+            busy=handle is not None and handle.inflight > 0,
+            upgrade_after=slot.upgrade_after,
+            resident_options=resident_options,
+        )
+
+    def snapshot(self) -> Snapshot:
+        """The portfolio as the engine sees it, now."""
+        return Snapshot(
+            self.clock(),
+            self.reading.bytes,
+            {name: self._state(slot) for name, slot in self.slots.items()},
+            sum(self.budget.reserved.values()),
+        )
 
     # -- decisions ------------------------------------------------------------------------------
 
@@ -355,36 +270,25 @@ class Portfolio:
         variant_id: str | None = None,
         *,
         wait: bool = True,
-        evict: bool = True,
-        reserve: int = 0,
+        start_up: list[str] | None = None,
     ) -> Handle:
-        """The slot's handle for its active version, loading it (and making room) if needed.
+        """The slot's handle for its serving version, loading it (and making room) if needed.
 
         Waits up to ``load_timeout`` for memory to free up; then RESOURCE_EXHAUSTED names what
-        could not fit. ``reserve`` bytes of the free memory are left alone (load_all).
-        """
-        deadline = time.monotonic() + (self.settings.load_timeout if wait else 0.0)
+        could not fit. ``start_up``: a start-up load (nothing evicted, room left for these)."""
+        deadline = time.monotonic() + (self.settings.memory.load_timeout_seconds if wait else 0.0)
         if slot.preloading is not None:  # a preload is bringing it in: faster than a new load
             await asyncio.shield(slot.preloading)
         while True:
             changed = self._memory_changed
             async with self._memory:
-                handle = slot.handle
-                manifest = slot.manifest
-                if manifest is None:
-                    raise NotFoundError(f"model {slot.name!r} has no active version")
-                if (
-                    handle is not None
-                    and handle.version == manifest.version
-                    and (variant_id is None or handle.variant.id == variant_id)
-                ):
+                handle = slot.current(variant_id)
+                if handle is not None:
                     return handle
                 try:
-                    outcome = await self._try_load(slot, manifest, variant_id, evict, reserve)
+                    outcome = await self._try_load(slot, variant_id, start_up)
                 except EdgedError as exc:
-                    slot.reason = exc.message
-                    if slot.handle is None:
-                        slot.state = SlotState.FAILED
+                    slot.load_failed(exc.message)
                     raise
                 if isinstance(outcome, Handle):
                     return outcome
@@ -393,67 +297,55 @@ class Portfolio:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), remaining)
             if time.monotonic() >= deadline:
-                slot.reason = outcome
+                slot.waiting(outcome)
                 raise EdgedError(outcome, ErrorCode.RESOURCE_EXHAUSTED)
 
     async def _try_load(
-        self,
-        slot: Slot,
-        manifest: Manifest,
-        variant_id: str | None,
-        evict: bool = True,
-        reserve: int = 0,
+        self, slot: Slot, variant_id: str | None, start_up: list[str] | None
     ) -> Handle | str:
-        """Load the variant worth the most after what making room for it costs, or say why
-        none can be loaded now. Called with the memory lock held."""
+        """Load what the engine places, or say why nothing fits now (memory lock held)."""
+        manifest = slot.manifest
         options = await self._usable_options(manifest)
-        if variant_id is not None:
-            options = [vo for vo in options if vo[0].id == variant_id]
-            if not options:
-                raise NotFoundError(f"model {manifest.name!r} has no usable variant {variant_id!r}")
-        old = slot.handle
-        free = self.free() + (self.bytes_of(old) if old is not None else 0) - reserve
-        residents = self.residents(exclude=slot.name) if evict else []
-        choice = choose_load(
-            [o for _, o in options],
-            free,
-            residents,
-            self.predicted_requests(slot),
-            self.settings.weights,
+        if variant_id is not None and all(v.id != variant_id for v, _ in options):
+            raise NotFoundError(f"model {manifest.name!r} has no usable variant {variant_id!r}")
+        snapshot = self.snapshot()
+        decision = (
+            self.engine.place_at_start(snapshot, slot.name, start_up)
+            if start_up is not None
+            else self.engine.place(snapshot, slot.name, variant=variant_id)
         )
-        if isinstance(choice, list):
-            pinned = sorted(s.name for s in self.slots.values() if s.pinned and s.handle)
-            return (
-                f"model {manifest.name}: no variant fits in memory ("
-                + "; ".join(choice)
-                + f"; {max(free, 0)} of {self.reading.bytes} budget bytes free"
-                + (f"; pinned: {', '.join(pinned)}" if pinned else "")
-                + ")"
-            )
-        option, actions = choice
-        variant = next(v for v, o in options if o is option)
-        for action in actions:
+        if isinstance(decision, NoRoom):
+            return self._no_room(decision)
+        variant = manifest.variant(decision.option.variant)
+        for action in decision.actions:
             await self._apply(action, "memory")
-        slot.state = SlotState.LOADING
-        try:
-            handle = await self._load(manifest, variant)
-        except EdgedError as exc:
-            slot.state = SlotState.READY if old is not None else SlotState.FAILED
-            slot.reason = exc.message
-            raise
-        slot.handle, slot.state = handle, SlotState.READY
-        slot.reason = f"serving {variant.id} (quality {variant.quality:.3f})" + (
-            f" after {', '.join(f'{a.kind} {a.model}/{a.variant}' for a in actions)}"
-            if actions
-            else ""
+        slot.loading()
+        handle = await self._load(manifest, variant)
+        old = slot.install(
+            handle,
+            f"serving {variant.id} (quality {variant.quality:.3f})"
+            + (
+                f" after {', '.join(f'{a.kind} {a.model}/{a.variant}' for a in decision.actions)}"
+                if decision.actions
+                else ""
+            ),
         )
         log.debug("cold load of %s: %s", slot.name, slot.reason)
-        if self.metrics is not None:
-            self.metrics.cold_loads.labels(slot.name).inc()
+        self.events.cold_load(slot.name)
         if old is not None:
             self._in_background(self._retire(old))
         await self._shed_if_over(protect=slot.name)
         return handle
+
+    def _no_room(self, decision: NoRoom) -> str:
+        pinned = sorted(s.name for s in self.slots.values() if s.pinned and s.handle)
+        return (
+            f"model {decision.model}: no variant fits in memory ("
+            + "; ".join(decision.reasons)
+            + f"; {decision.free} of {self.reading.bytes} budget bytes free"
+            + (f"; pinned: {', '.join(pinned)}" if pinned else "")
+            + ")"
+        )
 
     async def _apply(self, action: Action, why: str) -> None:
         """Carry out an eviction or a downgrade (memory lock held)."""
@@ -470,14 +362,12 @@ class Portfolio:
             action.loss,
             action.freed,
         )
-        if self.metrics is not None:
-            counter = self.metrics.evictions if action.kind == "evict" else self.metrics.downgrades
-            counter.labels(why).inc()
-        if action.kind == "evict":
-            slot.handle, slot.state = None, SlotState.UNLOADED
-            slot.reason = f"evicted ({why}): {action.reason}"
+        if action.kind is ActionKind.EVICT:
+            self.events.evicted(why)
+            slot.drop(f"evicted ({why}): {action.reason}")
             await self._retire(old)
             return
+        self.events.downgraded(why)
         assert action.to is not None
         await self._switch(slot, old.manifest.variant(action.to), f"downgraded ({why})")
 
@@ -486,189 +376,99 @@ class Portfolio:
         else drop the current one first (requests queue for the memory lock meanwhile)."""
         old = slot.handle
         assert old is not None
-        _, _, result = self.verdict(variant)
-        need = self._option(variant, result).bytes
+        need = self._option(variant, self.verdict(variant).result).bytes
         drop_first = need > self.free()
         if drop_first:
-            slot.handle, slot.state = None, SlotState.LOADING
+            slot.drop(slot.reason)
+            slot.loading()
             await self._retire(old)
         handle = await self._load(old.manifest, variant)
-        slot.handle, slot.state = handle, SlotState.READY
-        slot.reason = f"{why}: serving {variant.id} (quality {variant.quality:.3f})"
+        slot.install(handle, f"{why}: serving {variant.id} (quality {variant.quality:.3f})")
         if not drop_first:
             await self._retire(old)
 
     async def _shed_if_over(self, protect: str | None = None, why: str = "memory") -> None:
         # A downgrade's small variant is planned on an estimate and may measure more once
         # loaded: then plan again from what is resident now (a few rounds at most).
-        for _ in range(3):
+        for _ in range(SHED_ROUNDS):
             accounted = self.accounted()
             if accounted <= self.reading.bytes:
                 return
-            await self._shed_round(protect, why)
+            shed = self.engine.shed(self.snapshot(), protect)
+            if not shed.enough:
+                log.warning(
+                    "over budget by %d bytes and not enough may leave (pinned or busy)",
+                    accounted - self.reading.bytes,
+                )
+            for action in shed.actions:
+                if self.accounted() <= self.reading.bytes:
+                    break
+                await self._apply(action, why)
             if self.accounted() >= accounted:
                 return  # nothing more could leave
 
-    async def _shed_round(self, protect: str | None, why: str) -> None:
-        over = self.accounted() - self.reading.bytes
-        residents = [r for r in self.residents() if r.model != protect]
-        actions = plan(residents, over, self.settings.weights)
-        if actions is None:
-            # Not enough can leave: free all that can, one action per model, the one freeing
-            # the most (an eviction, not a downgrade that would leave bytes behind); cheapest
-            # models first.
-            most: dict[str, Action] = {}
-            for action in candidate_actions(residents, self.settings.weights):
-                if action.model not in most or action.freed > most[action.model].freed:
-                    most[action.model] = action
-            actions = sorted(most.values(), key=lambda a: a.loss_per_byte)
-            log.warning("over budget by %d bytes and not enough may leave (pinned or busy)", over)
-        for action in actions:
-            if self.accounted() <= self.reading.bytes:
-                break
-            await self._apply(action, why)
-
     async def tick(self) -> BudgetReading:
         """Re-read memory pressure; shed when over budget, upgrade busy models when it eases."""
-        raw = sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
-        observed = rss_bytes() - self.baseline_rss
-        # Correct per-load measurements by what the process really holds, within reason: the
-        # rest of the heap (requests in flight, caches) also lives above the baseline.
-        self.correction = min(max(observed / raw, 1.0), 2.0) if raw > 0 else 1.0
-        self.reading = working_budget(
-            self.settings.budget, self.system, self.accounted(), self.baseline_rss
-        )
+        measured = sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
+        self.budget.reread(measured, self.accounted)
         async with self._memory:
-            if self.accounted() > self.reading.bytes:
+            decision = self.engine.tick(self.snapshot())
+            if isinstance(decision, Upgrade):
+                await self._upgrade(decision)
+            elif isinstance(decision, Shed):
                 await self._shed_if_over(why="pressure")
-            else:
-                await self._upgrade_one()
         self._notify()
         return self.reading
 
-    async def _upgrade_one(self) -> None:
-        for name, slot in sorted(self.slots.items()):
-            handle = slot.handle
-            # A pin holds the variant that is resident: no automatic swap in either direction.
-            if (
-                handle is None
-                or handle.inflight > 0
-                or slot.pinned
-                or slot.upgrade_after > self.clock()
-            ):
-                continue
-            options = self._known_options(handle.manifest)
-            current = next((o for v, o in options if v.id == handle.variant.id), None)
-            if current is None:
-                continue
-            target = upgrade_target(
-                dataclasses.replace(current, bytes=self.bytes_of(handle)),
-                [o for _, o in options],
-                self.free(),
-                self.predicted_requests(slot),
-                self.settings.upgrade_min_requests,
-            )
-            if target is not None:
-                log.info("upgrade %s: %s -> %s", name, handle.variant.id, target.variant)
-                if self.metrics is not None:
-                    self.metrics.upgrades.inc()
-                await self._switch(slot, handle.manifest.variant(target.variant), "upgraded")
-                if self.accounted() > self.reading.bytes:
-                    # Planned on an estimate, the load measured more: shed the excess now, and
-                    # do not try this model again for a while (no upgrade/shed churn).
-                    slot.upgrade_after = self.clock() + UPGRADE_BACKOFF_SECONDS
-                    await self._shed_if_over()
-                return
+    async def _upgrade(self, upgrade: Upgrade) -> None:
+        slot = self.slots[upgrade.model]
+        handle = slot.handle
+        assert handle is not None
+        log.info("upgrade %s: %s -> %s", slot.name, handle.variant.id, upgrade.target.variant)
+        self.events.upgraded(slot.name)
+        await self._switch(slot, handle.manifest.variant(upgrade.target.variant), "upgraded")
+        if self.accounted() > self.reading.bytes:
+            # Planned on an estimate, the load measured more: shed the excess now, and do not
+            # try this model again for a while (no upgrade/shed churn).
+            slot.upgrade_after = self.engine.backoff_until(self.clock())
+            await self._shed_if_over()
 
     def _notify(self) -> None:
         """Wake requests waiting for memory."""
         self._memory_changed.set()
         self._memory_changed = asyncio.Event()
 
-    def _in_background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _in_background(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _load(self, manifest: Manifest, variant: Variant, preload: bool = False) -> Handle:
-        key = variant_key(variant)
-        path = self.store.variant_path(variant)
-
-        def work() -> tuple[Runtime, LoadStats]:
-            before = _threads() if preload else set()
-            with measure(path) as stats:
-                runtime = open_runtime(variant.format, path, variant.options)
-                runtime.warm_up(manifest.warmup)
-            if preload:
-                _restore_priority(_threads() - before)
-            return runtime, stats
-
-        self.journal.set(key, LOADING)
-        loop = asyncio.get_running_loop()
-        overlapped = self._loads_running > 0
-        self._loads_running += 1
-        self._loads_started += 1
-        started = self._loads_started
-        try:
-            pool = self._preload_pool if preload else self._load_pool
-            runtime, stats = await loop.run_in_executor(pool, work)
-        except Exception as exc:
-            self.journal.clear(key)
-            raise UnavailableError(
-                f"model {manifest.name} variant {variant.id} failed to load: {exc}"
-            ) from exc
-        finally:
-            self._loads_running -= 1
-            overlapped = overlapped or self._loads_started != started
-        # Freed pages of an earlier unload hide part of the real cost (a reload of a variant the
-        # probe measured at 13.6 MB grew RSS by 1.1 MB), and two loads at once share one RSS
-        # delta: the subprocess probe's measurement, taken in a fresh interpreter, is the floor.
-        expected = self.expected_bytes(variant, self.verdict(variant)[2])
-        if overlapped or stats.memory_bytes < expected:
-            stats.rss_delta_bytes = expected
-            stats.mapped_bytes = 0
-        self.journal.set(key, RESIDENT)
-        if self.metrics is not None:
-            self.metrics.loads.labels(manifest.name, variant.id).inc()
-            self.metrics.load_seconds.observe(stats.seconds)
-        log.info(
-            "loaded %s version %s variant %s in %.3fs (%d bytes)",
-            manifest.name,
-            manifest.version,
-            variant.id,
-            stats.seconds,
-            stats.memory_bytes,
-        )
-        return Handle(manifest, variant, runtime, stats, self.journal, key)
+        floor = self.expected_bytes(variant, self.verdict(variant).result)
+        return await self.loader.load(manifest, variant, floor, background=preload)
 
     async def _retire(self, handle: Handle) -> None:
         """Drain a handle's leases, then free it."""
-        if not await handle.drained(self.settings.drain_seconds):
+        drain = self.settings.server.drain_seconds
+        if not await handle.drained(drain):
             log.warning(
                 "%s variant %s still had %d requests after %.0fs; waiting on",
                 handle.manifest.name,
                 handle.variant.id,
                 handle.inflight,
-                self.settings.drain_seconds,
+                drain,
             )
             await handle.drained()
-        self.journal.clear(variant_key(handle.variant))
-        if handle.preloaded and not handle.used and self.metrics is not None:
-            self.metrics.preload_wasted.labels(handle.manifest.name).inc()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._load_pool, self._close, handle.runtime)
+        if handle.preloaded and not handle.used:
+            self.events.preload_wasted(handle.manifest.name)
+        await self.loader.close(handle)
         self._notify()
-
-    @staticmethod
-    def _close(runtime: Runtime) -> None:
-        runtime.close()
-        release_freed_memory()
 
     # -- operations -----------------------------------------------------------------------------
 
     def slot(self, name: str) -> Slot:
         slot = self.slots.get(name)
-        if slot is None or slot.manifest is None:
+        if slot is None:
             raise NotFoundError(f"unknown model {name!r}")
         return slot
 
@@ -679,19 +479,18 @@ class Portfolio:
     async def unload(self, name: str, why: str = "api") -> None:
         slot = self.slot(name)
         async with self._memory:
-            old, slot.handle = slot.handle, None
-            slot.state = SlotState.UNLOADED
+            old = slot.drop(f"evicted ({why})")
             if old is not None:
-                slot.reason = f"evicted ({why})"
-                if self.metrics is not None:
-                    self.metrics.evictions.labels(why).inc()
+                self.events.evicted(why)
                 await self._retire(old)
 
     def pin(self, name: str, pinned: bool) -> None:
         self.slot(name).pinned = pinned
 
+    # -- the request path -----------------------------------------------------------------------
+
     async def lease(self, name: str, version: str) -> Lease:
-        """Hold ``name``'s active version for one request, loading it if it is not resident."""
+        """Hold ``name``'s serving version for one request, loading it if it is not resident."""
         slot, arrived = self.arrive(name, version)
         return self.warm_lease(slot, arrived) or await self.cold_lease(slot, arrived)
 
@@ -700,7 +499,7 @@ class Portfolio:
         arrival's perf_counter). Then warm_lease, or cold_lease when that returns None: the
         request path leases a resident model without creating a coroutine."""
         slot = self.slots.get(name)
-        if slot is None or slot.manifest is None:
+        if slot is None:
             raise NotFoundError(f"unknown model {name!r}")
         if version and version != slot.manifest.version:
             raise NotFoundError(
@@ -716,7 +515,6 @@ class Portfolio:
 
     def warm_lease(self, slot: Slot, arrived: float) -> Lease | None:
         handle = slot.handle
-        assert slot.manifest is not None
         if handle is None or handle.version != slot.manifest.version:
             return None
         return self._leased(handle, arrived, cold=False)
@@ -728,16 +526,17 @@ class Portfolio:
         name = handle.manifest.name
         if not handle.used:
             handle.used = True
-            if handle.preloaded and self.metrics is not None:
-                self.metrics.preload_hits.labels(name).inc()
-        if self.metrics is not None:
-            self.metrics.served_quality(handle.variant.quality)
+            if handle.preloaded:
+                self.events.preload_hit(name)
+        self.events.served(name, handle.variant.quality)
         return Lease(handle, cold=cold, arrived=arrived, done=self.on_complete)
+
+    # -- preloading -----------------------------------------------------------------------------
 
     async def preload(
         self, name: str, probability: float, lead: float, trigger: str, wait: float = 0.0
     ) -> bool:
-        """Load ``name``'s active version ahead of demand when it pays (residency.preload_choice).
+        """Load ``name``'s serving version ahead of demand when it pays (engine.preload).
 
         Never while a request's load or another memory decision is under way (it may wait
         ``wait`` seconds for one to finish), never a variant that has not been validated, and
@@ -751,7 +550,7 @@ class Portfolio:
         while self._memory.locked() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         slot = self.slots.get(name)
-        if slot is None or slot.manifest is None or slot.preloading is not None:
+        if slot is None or slot.preloading is not None:
             return False
         if slot.handle is not None or self._memory.locked():
             return False
@@ -759,48 +558,45 @@ class Portfolio:
         async with self._memory:
             if slot.handle is not None or slot.preloading is not None:
                 return False
-            options = self._known_options(manifest)
-            choice = preload_choice(
-                [o for _, o in options],
-                self.free(),
-                self.residents(exclude=name),
-                probability,
-                lead,
-                self.settings.weights,
-            )
-            if choice is None:
+            decision = self.engine.preload(self.snapshot(), name, probability, lead)
+            if decision is None:
                 return False
-            option, actions, gain = choice
-            variant = next(v for v, o in options if o is option)
-            for action in actions:
+            variant = manifest.variant(decision.option.variant)
+            for action in decision.actions:
                 await self._apply(action, "preload")
-            self._reserved[name] = option.bytes
+            self.budget.reserved[name] = decision.option.bytes
             future: asyncio.Future[Handle | None] = asyncio.get_running_loop().create_future()
-            slot.preloading, slot.state = future, SlotState.LOADING
-        log.debug("preload %s/%s (%s, gain %.3f)", name, variant.id, trigger, gain)
+            slot.preloading = future
+            slot.loading()
+        log.debug("preload %s/%s (%s, gain %.3f)", name, variant.id, trigger, decision.gain)
+        installed = await self._preload_load(slot, manifest, variant, decision, trigger)
+        future.set_result(slot.handle if installed else None)
+        self._notify()
+        return installed
+
+    async def _preload_load(
+        self, slot: Slot, manifest: Manifest, variant: Variant, decision: Placement, trigger: str
+    ) -> bool:
         handle: Handle | None = None
         try:
             handle = await self._load(manifest, variant, preload=True)
         except EdgedError as exc:
-            log.warning("preload of %s failed: %s", name, exc.message)
+            log.warning("preload of %s failed: %s", slot.name, exc.message)
         finally:
-            self._reserved.pop(name, None)
-        installed = False
+            self.budget.reserved.pop(slot.name, None)
         async with self._memory:
             slot.preloading = None
-            if handle is not None and slot.handle is None and slot.manifest is manifest:
-                handle.preloaded = installed = True
-                slot.handle, slot.state = handle, SlotState.READY
-                slot.reason = f"preloaded {variant.id} ({trigger})"
-                if self.metrics is not None:
-                    self.metrics.preloads.labels(name, trigger).inc()
+            installed = handle is not None and slot.handle is None and slot.manifest is manifest
+            if installed:
+                assert handle is not None
+                handle.preloaded = True
+                slot.install(handle, f"preloaded {variant.id} ({trigger})")
+                self.events.preloaded(slot.name, trigger)
             else:
-                slot.state = SlotState.READY if slot.handle is not None else SlotState.UNLOADED
+                slot.settled()
                 if handle is not None:
                     self._in_background(self._retire(handle))
-            await self._shed_if_over(protect=name)
-        future.set_result(handle if installed else None)
-        self._notify()
+            await self._shed_if_over(protect=slot.name)
         return installed
 
     async def close(self) -> None:
@@ -808,15 +604,6 @@ class Portfolio:
             if slot.handle is not None:
                 with contextlib.suppress(Exception):
                     await self.unload(slot.name, why="shutdown")
-        self.infer_pool.shutdown(wait=True)
-        self._load_pool.shutdown(wait=True)
-        self._preload_pool.shutdown(wait=True)
+        self.loader.shutdown()
         self.journal.stop_cleanly()
-        # A clean stop clears crash suspicion for the variants that ran in this run.
-        self.store.put_crashes(
-            {
-                k: v
-                for k, v in self._crashes.items()
-                if int(v.get("count", 0)) >= self.settings.quarantine_after
-            }
-        )
+        self.verdicts.stopped_cleanly()

@@ -15,19 +15,17 @@ timestamps (docs/performance.md). Whatever reads a forecast flushes first.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edged.events import Events, NoEvents
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import RequestHistory, Row
+from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.slot import Lease
-
-if TYPE_CHECKING:
-    from edged.metrics import Metrics
-    from edged.portfolio.portfolio import Portfolio
+from edged.settings import PreloadSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +34,6 @@ FLUSH_SECONDS = 0.05
 # daemon, a request that arrives meanwhile waits at most ~60 us, not the whole batch (~0.6 ms
 # for 80 arrivals, up to ~2 ms).
 FLUSH_CHUNK = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class PreloadSettings:
-    enabled: bool = True
-    interval: float = 5.0
-    lead: float = 30.0
-    min_probability: float = 0.3
-    horizon: float = 300.0  # the residency scoring's horizon
-    max_per_round: int = 4
 
 
 class Preloader:
@@ -57,14 +45,15 @@ class Preloader:
         settings: PreloadSettings,
         *,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        events: Events | None = None,
     ) -> None:
         self.portfolio = portfolio
         self.forecaster = forecaster
         self.history = history
         self.settings = settings
+        self.horizon = portfolio.settings.residency.horizon_seconds
         self.clock = clock
-        self.metrics = metrics
+        self.events: Events = events or NoEvents()
         self._predicted_next: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._arrivals: list[tuple[float, str]] = []
@@ -90,9 +79,7 @@ class Preloader:
 
     def expected_requests(self, model: str) -> float:
         self.flush()
-        return self.forecaster.forecast(
-            model, self.clock(), self.settings.horizon
-        ).expected_requests
+        return self.forecaster.forecast(model, self.clock(), self.horizon).expected_requests
 
     def on_arrival(self, model: str) -> None:
         """A request for ``model`` arrived: note it for learning; load what usually follows it."""
@@ -100,29 +87,31 @@ class Preloader:
         self._schedule_flush()
         if not self.settings.enabled:
             return
-        transitions = self.forecaster.transitions
-        for follower, probability in transitions.followers(
-            model, self.forecaster.min_transition_probability
+        window = self.forecaster.transitions.window
+        for follower, probability in self.portfolio.engine.followers(
+            self.forecaster, model, self._present
         ):
-            slot = self.portfolio.slots.get(follower)
-            if slot is not None and (slot.handle is not None or slot.preloading is not None):
-                continue  # already there or on its way: a preload would return at once
             self._spawn(
                 self.portfolio.preload(
                     follower,
                     probability,
-                    self.forecaster.transitions.window,
+                    window,
                     "transition",
-                    wait=self.forecaster.transitions.window,
+                    wait=window,
                 )
             )
+
+    def _present(self, model: str) -> bool:
+        """Resident or on its way: a preload would return at once."""
+        slot = self.portfolio.slots.get(model)
+        return slot is not None and (slot.handle is not None or slot.preloading is not None)
 
     def on_complete(self, lease: Lease) -> None:
         if self.history is None:
             return
         handle = lease.handle
         manifest = handle.manifest
-        self._completed.append(
+        self.note_completed(
             (
                 self.clock(),
                 manifest.name,
@@ -132,7 +121,16 @@ class Preloader:
                 not lease.cold,
             )
         )
+
+    def note_completed(self, row: Row) -> None:
+        """A finished request, as the history row it becomes at the next flush."""
+        self._completed.append(row)
         self._schedule_flush()
+
+    @property
+    def pending(self) -> int:
+        """Arrivals noted and not yet fed to the forecasters."""
+        return len(self._arrivals)
 
     def _schedule_flush(self) -> None:
         if self._flush_timer is not None:
@@ -147,16 +145,16 @@ class Preloader:
     def _flush_due(self) -> None:
         """The timer's flush, FLUSH_CHUNK arrivals per loop callback until none is left."""
         self._flush_timer = None
-        self._feed(FLUSH_CHUNK)
+        self.feed(FLUSH_CHUNK)
         if self._arrivals:
             self._flush_timer = asyncio.get_running_loop().call_soon(self._flush_due)
 
     def flush(self) -> None:
         """Feed every arrival and completed request noted so far to the forecasters and the
         history, in order (what a reader of forecasts calls first)."""
-        self._feed(None)
+        self.feed(None)
 
-    def _feed(self, limit: int | None) -> None:
+    def feed(self, limit: int | None) -> None:
         """Feed the oldest ``limit`` arrivals (all when None) and every completed request.
 
         The forecast-error metric compares the next arrival predicted at one feed (from the
@@ -183,11 +181,11 @@ class Preloader:
         self._first_fed = {}
         for model, t in first.items():
             predicted = self._predicted_next.pop(model, None)
-            if predicted is not None and self.metrics is not None:
-                self.metrics.forecast_error.observe(abs(t - predicted))
+            if predicted is not None:
+                self.events.forecast_error(abs(t - predicted))
             last = self.forecaster.models[model].last
             assert last is not None
-            forecast = self.forecaster.forecast(model, last, self.settings.horizon)
+            forecast = self.forecaster.forecast(model, last, self.horizon)
             if forecast.next_arrival is not None and forecast.next_arrival > last:
                 self._predicted_next[model] = forecast.next_arrival
 
@@ -200,14 +198,8 @@ class Preloader:
     def candidates(self) -> list[tuple[str, float]]:
         """Models not resident whose next request is likely within the lead, most likely first."""
         self.flush()
-        absent = (
-            name
-            for name, slot in self.portfolio.slots.items()
-            if slot.handle is None and slot.preloading is None and slot.manifest is not None
-        )
-        s = self.settings
-        return self.forecaster.likely(
-            absent, self.clock(), s.lead, s.min_probability, s.max_per_round
+        return self.portfolio.engine.preload_round(
+            self.portfolio.snapshot(), self.forecaster, self.clock()
         )
 
     async def run_once(self) -> int:
@@ -216,10 +208,12 @@ class Preloader:
             return 0
         made = 0
         for name, probability in self.candidates():
-            if await self.portfolio.preload(name, probability, self.settings.lead, "forecast"):
+            if await self.portfolio.preload(
+                name, probability, self.settings.lead_seconds, "forecast"
+            ):
                 made += 1
-        if self.history is not None and self.history.dropped and self.metrics is not None:
-            self.metrics.history_dropped.inc(self.history.dropped)
+        if self.history is not None and self.history.dropped:
+            self.events.history_dropped(self.history.dropped)
             self.history.dropped = 0
         return made
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from edged.portfolio.journal import CrashJournal
-from edged.portfolio.residency import DecayedRate
+from edged.portfolio.scoring import DecayedRate
 from edged.runtime.base import LoadStats, Runtime
 from edged.store.manifest import Manifest, Variant
 
@@ -110,7 +110,7 @@ class Handle:
         self.load_stats = stats
         self.inflight = 0
         self._journal = journal
-        self._journal_key = journal_key
+        self.journal_key = journal_key
         self._idle = asyncio.Event()
         self._idle.set()
         self.timing = ComputeTiming()
@@ -127,11 +127,11 @@ class Handle:
     def acquire(self) -> None:
         self.inflight += 1
         self._idle.clear()
-        self._journal.set_inflight(self._journal_key, self.inflight)
+        self._journal.set_inflight(self.journal_key, self.inflight)
 
     def release(self) -> None:
         self.inflight -= 1
-        self._journal.set_inflight(self._journal_key, self.inflight)
+        self._journal.set_inflight(self.journal_key, self.inflight)
         if self.inflight == 0:
             self._idle.set()
 
@@ -168,26 +168,72 @@ class Lease:
             self._done(self)
 
 
-@dataclasses.dataclass
 class Slot:
-    name: str
-    half_life: dataclasses.InitVar[float] = 600.0
-    manifest: Manifest | None = None  # the active version's manifest
-    handle: Handle | None = None
-    state: SlotState = SlotState.UNLOADED
-    reason: str = ""
-    stats: Stats = dataclasses.field(default_factory=Stats)
-    pinned: bool = False
-    last_use: float | None = None  # portfolio clock
-    rate: DecayedRate = dataclasses.field(init=False)
-    # Set while a preload of the active version is in flight; requests wait on it.
-    preloading: asyncio.Future[Handle | None] | None = None
-    # Portfolio clock before which the policy does not try to upgrade this model again.
-    upgrade_after: float = 0.0
+    """A model's place in the portfolio: the serving version, the resident handle, request
+    counts. Its state changes only through the methods below (the portfolio calls them with the
+    memory lock held)."""
 
-    def __post_init__(self, half_life: float) -> None:
+    def __init__(self, name: str, manifest: Manifest, half_life: float = 600.0) -> None:
+        self.name = name
+        self.manifest = manifest  # the serving version's manifest
+        self.handle: Handle | None = None
+        self.state = SlotState.UNLOADED
+        self.reason = ""
+        self.stats = Stats()
+        self.pinned = False
+        self.last_use: float | None = None  # portfolio clock
         self.rate = DecayedRate(half_life)
+        # Set while a preload of the serving version is in flight; requests wait on it.
+        self.preloading: asyncio.Future[Handle | None] | None = None
+        # Portfolio clock before which the policy does not try to upgrade this model again.
+        self.upgrade_after = 0.0
 
     @property
     def ready(self) -> bool:
         return self.handle is not None and self.state is SlotState.READY
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def current(self, variant_id: str | None = None) -> Handle | None:
+        """The resident handle if it serves the serving version (and ``variant_id``)."""
+        handle = self.handle
+        if handle is None or handle.version != self.manifest.version:
+            return None
+        if variant_id is not None and handle.variant.id != variant_id:
+            return None
+        return handle
+
+    def serve(self, manifest: Manifest) -> None:
+        """A new serving version: the next request loads it (the old handle stays until then)."""
+        self.manifest = manifest
+
+    def loading(self) -> None:
+        self.state = SlotState.LOADING
+
+    def install(self, handle: Handle, reason: str) -> Handle | None:
+        """``handle`` serves from now on; returns the one it replaces (to drain and close)."""
+        old, self.handle = self.handle, handle
+        self.state, self.reason = SlotState.READY, reason
+        return old
+
+    def drop(self, reason: str) -> Handle | None:
+        """Nothing serves until the next load; returns what was resident (to drain and close)."""
+        old, self.handle = self.handle, None
+        self.state = SlotState.UNLOADED
+        if old is not None:
+            self.reason = reason
+        return old
+
+    def load_failed(self, reason: str) -> None:
+        self.state = SlotState.READY if self.handle is not None else SlotState.FAILED
+        self.reason = reason
+
+    def waiting(self, reason: str) -> None:
+        """No room now; a request waits or gives up with this reason."""
+        self.reason = reason
+
+    def settled(self) -> None:
+        """A load that was not installed (a preload that lost a race) ended."""
+        self.state = SlotState.READY if self.handle is not None else SlotState.UNLOADED

@@ -107,18 +107,16 @@ def stored_result(store: ModelStore, variant: Variant) -> ProbeResult | None:
     return ProbeResult.from_json(record) if record else None
 
 
+def record_result(store: ModelStore, variant: Variant, result: ProbeResult) -> None:
+    """Remember a verdict for a variant's file (per blob and format)."""
+    store.put_validation(variant, result.to_json())
+
+
 async def probe_and_record(store: ModelStore, variant: Variant, timeout: float) -> ProbeResult:
     """Probe a variant's file in a subprocess and record the verdict in the store."""
     log.info("validating %s (%s) in a subprocess", variant.file, variant.sha256[:12])
     result = await probe(variant.format, store.variant_path(variant), variant.options, timeout)
-    if not result.usable:
-        log.warning(
-            "variant %s (%s) refused by validation: %s",
-            variant.id,
-            variant.sha256[:12],
-            result.reason,
-        )
-    store.put_validation(variant, result.to_json())
+    record_result(store, variant, result)
     return result
 
 

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from edged.errors import ErrorCode, ManifestError, NotFoundError, StoreError
+from edged.formats.onnx import external_locations as onnx_external_locations
+from edged.names import check_name, check_version
 from edged.store import atomic
-from edged.store.manifest import Manifest, Variant, check_name, check_version, loads
-from edged.update.layout import onnx_external_locations
+from edged.store.manifest import Manifest, Variant, loads
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from typing import BinaryIO
 from backports import zstd
 
 from edged.errors import InvalidInputError, RejectedError
+from edged.formats import Q8_0_BLOCK, Layout, Tensor, detect
 from edged.store import atomic
 from edged.update import transform
 from edged.update.anchors import AnchorIndex
-from edged.update.layout import Layout, Tensor, detect
 
 MAGIC = b"EDGEPAT1"
 FORMAT = 1
@@ -426,7 +426,7 @@ def _verify_trailer(f: BinaryIO, size: int, path: Path) -> None:
         )
 
 
-_WIDTHS = (1, 2, 4, 8, transform.Q8_0_BLOCK)
+_WIDTHS = (1, 2, 4, 8, Q8_0_BLOCK)
 
 
 def _check_ops(header: Header, path: Path) -> None:

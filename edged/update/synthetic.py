@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.update.layout import detect
+from edged.formats import detect
 
 _FLOAT = {2: np.float16, 4: np.float32, 8: np.float64}
 

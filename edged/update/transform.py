@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 from backports import zstd
 
+from edged.formats.layout import Q8_0_BLOCK
+
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 XOR, DIFF = "xor", "diff"
-Q8_0_BLOCK = 34  # the "width" of a q8_0 tensor: one block, an f16 scale then 32 int8 quants
 _QUANTS = Q8_0_BLOCK - 2
 
 

@@ -1,0 +1,246 @@
+"""All protobuf <-> domain conversion: tensors, parameters, responses.
+
+Raw tensor bytes become numpy arrays without a copy (np.frombuffer over the request's bytes);
+outputs are serialized once into raw_output_contents, which tritonclient reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from edged.api import inference_pb2 as pb
+from edged.errors import InvalidInputError
+from edged.tensors import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, Array, GenerationParams
+
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+MAX_TOKENS_LIMIT = 8192
+_LEN = struct.Struct("<I")
+# numpy dtypes resolved once: the request path must not build them per tensor.
+_DTYPES = {name: np.dtype(t) for name, t in DATATYPE_TO_NUMPY.items()}
+
+
+def deserialize_bytes(data: bytes, count: int, name: str) -> Array:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    items: list[bytes] = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInputError(f"input tensor {name!r}: truncated BYTES length prefix")
+        (length,) = _LEN.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInputError(f"input tensor {name!r}: BYTES element overruns the buffer")
+        items.append(data[offset : offset + length])
+        offset += length
+    if len(items) != count:
+        raise InvalidInputError(
+            f"input tensor {name!r}: shape holds {count} BYTES elements, got {len(items)}"
+        )
+    return np.array(items, dtype=object)
+
+
+def serialize_bytes(array: Array) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        value = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(_LEN.pack(len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} input tensors"
+        )
+    arrays: dict[str, Array] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidInputError(f"input tensor {name!r} appears twice")
+        dtype = _DTYPES.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidInputError(
+                f"input tensor {name!r}: unknown datatype {tensor.datatype!r} "
+                f"(expected one of {', '.join(DATATYPE_TO_NUMPY)})"
+            )
+        shape = tuple(tensor.shape)
+        if shape and min(shape) < 0:
+            raise InvalidInputError(f"input tensor {name!r}: negative dimension in {list(shape)}")
+        count = math.prod(shape)
+        if raw:
+            arrays[name] = _from_raw(raw[index], tensor.datatype, dtype, shape, count, name)
+        else:
+            arrays[name] = _from_contents(tensor, dtype, shape, count)
+    return arrays
+
+
+def _from_raw(
+    data: bytes, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], count: int, name: str
+) -> Array:
+    if datatype == "BYTES":
+        return deserialize_bytes(data, count, name).reshape(shape)
+    itemsize = dtype.itemsize
+    if len(data) != count * itemsize:
+        raise InvalidInputError(
+            f"input tensor {name!r}: shape {list(shape)} of {datatype} holds {count} elements "
+            f"({count * itemsize} bytes), got {len(data)} bytes"
+        )
+    # A read-only view of the request's bytes: no copy.
+    return np.ndarray(shape, dtype, buffer=data)
+
+
+def _from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, dtype: Any, shape: tuple[int, ...], count: int
+) -> Array:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"input tensor {tensor.name!r}: {tensor.datatype} data must be sent in "
+            "raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input tensor {tensor.name!r}: shape {list(shape)} holds {count} elements, "
+            f"got {len(values)} in contents.{field}"
+        )
+    if tensor.datatype == "BYTES":
+        return np.array(list(values), dtype=object).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+def parameter_value(param: pb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def generation_params(parameters: Mapping[str, pb.InferParameter]) -> tuple[GenerationParams, bool]:
+    """(sampling settings, whether to stream) from request parameters, checked."""
+    if not parameters:
+        return _DEFAULT_PARAMS, False
+    max_tokens, temperature, stream = GenerationParams.max_tokens, 0.0, False
+    if "max_tokens" in parameters:
+        value = parameter_value(parameters["max_tokens"])
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (0 < value <= MAX_TOKENS_LIMIT)
+        ):
+            raise InvalidInputError(
+                f"parameter 'max_tokens': expected an integer in 1..{MAX_TOKENS_LIMIT}, "
+                f"got {value!r}"
+            )
+        max_tokens = value
+    if "temperature" in parameters:
+        # Some clients (tritonclient 2.41) cannot send doubles: accept "0.7" as well.
+        value = parameter_value(parameters["temperature"])
+        number = _number(value)
+        if number is None or not 0.0 <= number <= 10.0:
+            raise InvalidInputError(
+                f"parameter 'temperature': expected a number in 0..10, got {value!r}"
+            )
+        temperature = number
+    if "stream" in parameters:
+        value = parameter_value(parameters["stream"])
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"parameter 'stream': expected true or false, got {value!r}")
+        stream = value
+    return GenerationParams(max_tokens=max_tokens, temperature=temperature), stream
+
+
+_DEFAULT_PARAMS = GenerationParams(max_tokens=GenerationParams.max_tokens, temperature=0.0)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def add_inputs(request: pb.ModelInferRequest, arrays: Mapping[str, Array]) -> None:
+    """Put arrays into a request as raw input contents (the client side: CLI, trace replay)."""
+    for name, array in arrays.items():
+        datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(
+            serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+        )
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
+    return [o.name for o in request.outputs]
+
+
+def infer_response(
+    request: pb.ModelInferRequest,
+    version: str,
+    variant: str,
+    outputs: Iterable[tuple[str, Array]],
+    cold: bool = False,
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse()
+    response.CopyFrom(response_head(request.model_name, version, variant, cold))
+    response.id = request.id
+    for name, array in outputs:
+        datatype, payload, _ = encode_output(array)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(bytes(payload))
+    return response
+
+
+def encode_output(array: Array) -> tuple[str, Any, int]:
+    """An output's (datatype, raw contents, their size): BYTES elements length-prefixed, any
+    other array its memory in C order whatever its layout (a contiguous array, not yet copied)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        payload = serialize_bytes(array)
+        return "BYTES", payload, len(payload)
+    contiguous = np.ascontiguousarray(array)
+    return NUMPY_TO_DATATYPE[array.dtype], contiguous, contiguous.nbytes
+
+
+@functools.lru_cache(maxsize=1024)
+def response_head(model: str, version: str, variant: str, cold: bool) -> pb.ModelInferResponse:
+    """What every response of one served variant starts with, built once: copying it is cheaper
+    than filling the two parameters per request. Never mutated (callers copy it)."""
+    head = pb.ModelInferResponse(model_name=model, model_version=version)
+    head.parameters["edged_variant"].string_param = variant
+    # True when this request waited for a load: what preloading is meant to avoid.
+    head.parameters["edged_cold"].bool_param = cold
+    return head
+
+
+def text_response(
+    request: pb.ModelInferRequest, version: str, variant: str, text: str, output: str
+) -> pb.ModelInferResponse:
+    return infer_response(
+        request, version, variant, [(output, np.array([text.encode()], dtype=object))]
+    )

@@ -1,0 +1,227 @@
+"""inference.GRPCInferenceService: the KServe v2 protocol plus Triton's extensions. Thin."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+import edged
+from edged.adapters.grpc import convert, wire
+from edged.adapters.grpc.status import abort, mapped_errors
+from edged.api import inference_pb2 as pb
+from edged.api import inference_pb2_grpc as pb_grpc
+from edged.errors import EdgedError
+from edged.serving import Serving
+from edged.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+EXTENSIONS = ["model_repository", "statistics", "binary_tensor_data", "edged_generate"]
+FINAL = "triton_final_response"
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, serving: Serving) -> None:
+        self.inference = serving.inference
+        self.repository = serving.repository
+        self.operations = serving.operations
+        self._templates = wire.RequestTemplates()
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.repository.server_ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
+        ready = self.repository.model_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
+        return pb.ServerMetadataResponse(
+            name="edged", version=edged.__version__, extensions=EXTENSIONS
+        )
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @mapped_errors
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
+        meta = await self.repository.metadata(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=list(meta.versions),
+            platform=meta.platform,
+            inputs=[_tensor_metadata(s) for s in meta.inputs],
+            outputs=[_tensor_metadata(s) for s in meta.outputs],
+        )
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def ModelInfer(self, body: bytes, context: Context) -> bytes:
+        """The hot path, bytes in and bytes out (registered without protobuf (de)serializers,
+        see wire.py). Errors are mapped here rather than by @mapped_errors: one coroutine less."""
+        start = time.perf_counter_ns()
+        model = ""
+        ok = False
+        try:
+            known = self._templates.match(body)
+            if known is not None:
+                template, inputs = known
+                model = template.model
+                served = await self.inference.infer(
+                    model, template.version, inputs, template.requested, template.params, template
+                )
+                request_id = ""  # templates hold no request id
+            else:
+                request = wire.parse_request(body)
+                model, request_id = request.model_name, request.id
+                inputs = convert.decode_inputs(request)
+                params, _ = convert.generation_params(request.parameters)
+                requested = convert.requested_outputs(request)
+                served = await self.inference.infer(
+                    model, request.model_version, inputs, requested, params
+                )
+                # Learned only once served: the model exists and the request was valid.
+                self._templates.learn(body, request, inputs, requested, params)
+            reply = wire.infer_response(
+                model, served.version, served.variant, request_id, served.outputs, served.cold
+            )
+            ok = True
+            return reply
+        except Exception as exc:
+            await abort(context, exc, "ModelInfer")
+        finally:
+            self.inference.observe(model, ok, start)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            start = time.perf_counter_ns()
+            ok = False
+            try:
+                async for response in self._stream_one(request):
+                    yield response
+                ok = True
+            except EdgedError as exc:
+                # Triton's convention: a failed request in a stream is reported in-band and the
+                # stream stays open for the next request.
+                yield pb.ModelStreamInferResponse(
+                    error_message=exc.message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
+            finally:
+                self.inference.observe(request.model_name, ok, start)
+
+    async def _stream_one(
+        self, request: pb.ModelInferRequest
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        inputs = convert.decode_inputs(request)
+        params, stream = convert.generation_params(request.parameters)
+        empty_final = (
+            bool(convert.parameter_value(request.parameters["triton_enable_empty_final_response"]))
+            if "triton_enable_empty_final_response" in request.parameters
+            else False
+        )
+        opened = await self.inference.stream(
+            request.model_name,
+            request.model_version,
+            inputs,
+            convert.requested_outputs(request),
+            params,
+            stream,
+        )
+        if opened.chunks is None:
+            assert opened.outputs is not None
+            response = convert.infer_response(
+                request, opened.version, opened.variant, opened.outputs, opened.cold
+            )
+            yield _stream_response(response, final=True)
+            return
+
+        def text(chunk: str, final: bool) -> Any:
+            response = convert.text_response(
+                request, opened.version, opened.variant, chunk, opened.output
+            )
+            return _stream_response(response, final)
+
+        pending: str | None = None
+        # Hold one chunk back so the last one can carry the final flag.
+        async for chunk in opened.chunks:
+            if pending is not None:
+                yield text(pending, final=False)
+            pending = chunk
+        if not empty_final:
+            yield text(pending or "", final=True)
+            return
+        if pending is not None:
+            yield text(pending, final=False)
+        empty = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=opened.version, id=request.id
+        )
+        empty.parameters["edged_variant"].string_param = opened.variant
+        yield _stream_response(empty, final=True)
+
+    # -- statistics and repository -----------------------------------------------------------
+
+    @mapped_errors
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
+        response = pb.ModelStatisticsResponse()
+        for s in self.repository.statistics(request.name):
+            entry = response.model_stats.add(
+                name=s.name,
+                version=s.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.success_count,
+                execution_count=s.success_count,
+            )
+            entry.inference_stats.success.count = s.success_count
+            entry.inference_stats.success.ns = s.success_ns
+            entry.inference_stats.fail.count = s.fail_count
+            entry.inference_stats.fail.ns = s.fail_ns
+            if s.memory_bytes:
+                entry.memory_usage.add(type="CPU", id=0, byte_size=s.memory_bytes)
+        return response
+
+    @mapped_errors
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        response = pb.RepositoryIndexResponse()
+        for entry in self.repository.index(ready_only=request.ready):
+            response.models.add(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
+        return response
+
+    @mapped_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> Any:
+        await self.operations.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @mapped_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> Any:
+        await self.operations.evict(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=list(spec.shape)
+    )
+
+
+def _stream_response(response: pb.ModelInferResponse, final: bool) -> Any:
+    response.parameters[FINAL].bool_param = final
+    return pb.ModelStreamInferResponse(infer_response=response)

@@ -1,0 +1,290 @@
+"""Prometheus: the core's events as counters, and a collector over the portfolio's view.
+
+``Metrics`` implements edged.events.Events (the core calls it and never imports this module);
+values that describe the state (resident bytes, the budget) are read from the service layer's
+portfolio view at scrape time, so the request path does not maintain them. The registry is
+passed in, never the global one.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from edged.serving.repository import RepositoryService
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_LE = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes "le"
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RequestMetrics:
+    """One model's request counts, as plain numbers: every request touches them, so they are
+    not prometheus_client objects (a lock and several calls each) but fields that the scrape
+    reads (``_RequestCollector``). Only the event loop writes them."""
+
+    __slots__ = ("buckets", "error", "ok", "seconds_sum")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.error = 0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.seconds_sum = 0.0
+
+    def record(self, ok: bool, seconds: float) -> None:
+        """A finished request; the latency histogram counts successful ones."""
+        if ok:
+            self.ok += 1
+            # bisect_left: the first bound >= seconds, as Prometheus' "le" buckets are inclusive.
+            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.seconds_sum += seconds
+        else:
+            self.error += 1
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self._per_model: dict[str, RequestMetrics] = {}
+        # The quality of the variant that served each request (a summary: sum and count).
+        self.quality_sum = 0.0
+        self.quality_count = 0
+        r.register(_RequestCollector(self))
+        self.loads = Counter(
+            "edged_loads",
+            "Variant loads by model and variant",
+            ["model", "variant"],
+            registry=r,
+        )
+        self.cold_loads = Counter(
+            "edged_cold_loads", "Loads a request had to wait for, by model", ["model"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "edged_load_seconds",
+            "Time to load and warm up a variant",
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "edged_evictions",
+            "Variants unloaded, by reason (memory, pressure, api, shutdown)",
+            ["reason"],
+            registry=r,
+        )
+        self.downgrades = Counter(
+            "edged_downgrades",
+            "Variants replaced by a smaller one, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.upgrades = Counter(
+            "edged_upgrades", "Downgraded models moved back to a better variant", registry=r
+        )
+        self.preloads = Counter(
+            "edged_preloads",
+            "Variants loaded ahead of demand, by model and trigger",
+            ["model", "trigger"],
+            registry=r,
+        )
+        self.preload_hits = Counter(
+            "edged_preload_hits",
+            "Preloaded variants used before they left memory",
+            ["model"],
+            registry=r,
+        )
+        self.preloads_wasted = Counter(
+            "edged_preload_wasted",
+            "Preloaded variants that left memory unused",
+            ["model"],
+            registry=r,
+        )
+        self.forecast_errors = Histogram(
+            "edged_forecast_error_seconds",
+            "|actual - predicted| time of a model's next request, when one was predicted",
+            buckets=(0.1, 1, 5, 15, 60, 300, 900, 3600, 14400),
+            registry=r,
+        )
+        self.history_drops = Counter(
+            "edged_history_dropped",
+            "Request records dropped because the writer fell behind",
+            registry=r,
+        )
+        self.update_bytes_received = Counter(
+            "edged_update_bytes_received",
+            "Bytes of patches and files received by Updates.Push",
+            registry=r,
+        )
+        self.patch_apply_seconds = Histogram(
+            "edged_patch_apply_seconds",
+            "Time to verify and apply one update's files into the store",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180),
+            registry=r,
+        )
+        self.patches_rejected = Counter(
+            "edged_patches_rejected",
+            "Pushed updates refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.updates_in_flight = Gauge(
+            "edged_updates_in_flight", "Updates being received or applied", registry=r
+        )
+
+    def for_model(self, model: str) -> RequestMetrics:
+        """The request series of ``model`` (a known model: names from the network must be
+        checked first, or the label set grows without bound)."""
+        found = self._per_model.get(model)
+        if found is None:
+            found = self._per_model[model] = RequestMetrics()
+        return found
+
+    def served_quality(self, quality: float) -> None:
+        self.quality_sum += quality
+        self.quality_count += 1
+
+    def watch(self, repository: RepositoryService) -> None:
+        """Expose the portfolio's state, read from ``repository`` at each scrape."""
+        self.registry.register(_PortfolioCollector(repository))
+
+    def serve(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+
+    # -- edged.events.Events --------------------------------------------------------------------
+
+    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+        found = self._per_model.get(model)
+        if found is None:
+            found = self._per_model[model] = RequestMetrics()
+        found.record(ok, seconds)
+
+    def served(self, model: str, quality: float) -> None:
+        self.quality_sum += quality
+        self.quality_count += 1
+
+    def loaded(self, model: str, variant: str, seconds: float) -> None:
+        self.loads.labels(model, variant).inc()
+        self.load_seconds.observe(seconds)
+
+    def cold_load(self, model: str) -> None:
+        self.cold_loads.labels(model).inc()
+
+    def evicted(self, reason: str) -> None:
+        self.evictions.labels(reason).inc()
+
+    def downgraded(self, reason: str) -> None:
+        self.downgrades.labels(reason).inc()
+
+    def upgraded(self, model: str) -> None:
+        self.upgrades.inc()
+
+    def preloaded(self, model: str, trigger: str) -> None:
+        self.preloads.labels(model, trigger).inc()
+
+    def preload_hit(self, model: str) -> None:
+        self.preload_hits.labels(model).inc()
+
+    def preload_wasted(self, model: str) -> None:
+        self.preloads_wasted.labels(model).inc()
+
+    def forecast_error(self, seconds: float) -> None:
+        self.forecast_errors.observe(seconds)
+
+    def history_dropped(self, count: int) -> None:
+        self.history_drops.inc(count)
+
+    def update_started(self) -> None:
+        self.updates_in_flight.inc()
+
+    def update_finished(self) -> None:
+        self.updates_in_flight.dec()
+
+    def update_bytes(self, count: int) -> None:
+        self.update_bytes_received.inc(count)
+
+    def update_applied(self, seconds: float) -> None:
+        self.patch_apply_seconds.observe(seconds)
+
+    def update_rejected(self, reason: str) -> None:
+        self.patches_rejected.labels(reason).inc()
+
+
+class _RequestCollector(Collector):
+    """The request counts, read at scrape time (on the metrics server's thread)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "edged_requests", "Inference requests by model and outcome", labels=["model", "code"]
+        )
+        seconds = HistogramMetricFamily(
+            "edged_request_seconds", "Inference latency inside the daemon", labels=["model"]
+        )
+        for model, counts in sorted(list(m._per_model.items())):
+            requests.add_metric([model, "ok"], counts.ok)
+            requests.add_metric([model, "error"], counts.error)
+            cumulative, buckets = 0, []
+            for bound, count in zip(_LE, list(counts.buckets), strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            seconds.add_metric([model], buckets, counts.seconds_sum)
+        yield requests
+        yield seconds
+        yield SummaryMetricFamily(
+            "edged_served_quality",
+            "Quality of the variant that served each request (sum / count = mean)",
+            count_value=m.quality_count,
+            sum_value=m.quality_sum,
+        )
+
+
+class _PortfolioCollector(Collector):
+    """Values read at scrape time from the portfolio's view (on the metrics server's thread)."""
+
+    def __init__(self, repository: RepositoryService) -> None:
+        self._repository = repository
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        view = self._repository.portfolio_view(refresh=False, versions=False)
+        resident = GaugeMetricFamily(
+            "edged_resident_bytes", "Bytes held by resident variants", labels=["model", "variant"]
+        )
+        for model in view.models:
+            if model.resident is not None:
+                variant, held = model.resident
+                resident.add_metric([model.name, variant], held)
+        yield resident
+        b = view.budget
+        budget = GaugeMetricFamily(
+            "edged_budget_bytes",
+            "Working memory budget for resident variants",
+            labels=["limited_by"],
+        )
+        budget.add_metric([b.limited_by], b.bytes)
+        yield budget
+        accounted = GaugeMetricFamily("edged_accounted_bytes", "Bytes held by resident variants")
+        accounted.add_metric([], b.accounted_bytes)
+        yield accounted
+        if b.psi_some_avg10 is not None:
+            psi = GaugeMetricFamily("edged_memory_pressure", "Linux PSI memory some avg10 (%)")
+            psi.add_metric([], b.psi_some_avg10)
+            yield psi

@@ -1,0 +1,109 @@
+"""What the core tells the world: one protocol of events, emitted by the portfolio, the preloader,
+the service layer and the update session, and implemented by adapters (Prometheus).
+
+The core never imports an adapter and never asks whether one is listening: it holds an
+``Events`` (``NoEvents`` unless the daemon wires one in) and calls it. Methods on the request path
+(``request_finished``, ``served``) are plain calls that must stay cheap: an implementation adds
+to counters and returns.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Events(Protocol):
+    # -- the request path -----------------------------------------------------------------------
+    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+        """A request to a known model ended (unknown names never reach here)."""
+
+    def served(self, model: str, quality: float) -> None:
+        """A request was leased to a variant of this declared quality."""
+
+    # -- residency ------------------------------------------------------------------------------
+    def loaded(self, model: str, variant: str, seconds: float) -> None: ...
+
+    def cold_load(self, model: str) -> None:
+        """A request had to wait for this load."""
+
+    def evicted(self, reason: str) -> None: ...
+
+    def downgraded(self, reason: str) -> None: ...
+
+    def upgraded(self, model: str) -> None: ...
+
+    def preloaded(self, model: str, trigger: str) -> None: ...
+
+    def preload_hit(self, model: str) -> None: ...
+
+    def preload_wasted(self, model: str) -> None: ...
+
+    def forecast_error(self, seconds: float) -> None: ...
+
+    def history_dropped(self, count: int) -> None: ...
+
+    # -- updates --------------------------------------------------------------------------------
+    def update_started(self) -> None: ...
+
+    def update_finished(self) -> None: ...
+
+    def update_bytes(self, count: int) -> None: ...
+
+    def update_applied(self, seconds: float) -> None: ...
+
+    def update_rejected(self, reason: str) -> None: ...
+
+
+class NoEvents:
+    """Nobody listening: every event is dropped."""
+
+    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+        pass
+
+    def served(self, model: str, quality: float) -> None:
+        pass
+
+    def loaded(self, model: str, variant: str, seconds: float) -> None:
+        pass
+
+    def cold_load(self, model: str) -> None:
+        pass
+
+    def evicted(self, reason: str) -> None:
+        pass
+
+    def downgraded(self, reason: str) -> None:
+        pass
+
+    def upgraded(self, model: str) -> None:
+        pass
+
+    def preloaded(self, model: str, trigger: str) -> None:
+        pass
+
+    def preload_hit(self, model: str) -> None:
+        pass
+
+    def preload_wasted(self, model: str) -> None:
+        pass
+
+    def forecast_error(self, seconds: float) -> None:
+        pass
+
+    def history_dropped(self, count: int) -> None:
+        pass
+
+    def update_started(self) -> None:
+        pass
+
+    def update_finished(self) -> None:
+        pass
+
+    def update_bytes(self, count: int) -> None:
+        pass
+
+    def update_applied(self, seconds: float) -> None:
+        pass
+
+    def update_rejected(self, reason: str) -> None:
+        pass

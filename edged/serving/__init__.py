@@ -1,0 +1,55 @@
+"""The service layer: the only thing adapters call (gRPC servicers, the Prometheus collector,
+the CLI's local commands). It speaks in domain types and snapshots (views.py), never protobuf,
+and never hands out a live object of the core."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edged.events import Events
+from edged.portfolio.portfolio import Portfolio
+from edged.serving.inference import InferenceService, Stream
+from edged.serving.operations import OperationsService
+from edged.serving.repository import Health, RepositoryService
+from edged.serving.updates import Chunk, Header, UpdateService
+
+__all__ = [
+    "Chunk",
+    "Header",
+    "Health",
+    "InferenceService",
+    "OperationsService",
+    "RepositoryService",
+    "Serving",
+    "Stream",
+    "UpdateService",
+]
+
+
+@dataclasses.dataclass
+class Serving:
+    inference: InferenceService
+    repository: RepositoryService
+    operations: OperationsService
+    updates: UpdateService | None
+    health: Health
+
+    @classmethod
+    def over(
+        cls,
+        portfolio: Portfolio,
+        events: Events,
+        updates: UpdateService | None = None,
+        workers: int | None = None,
+    ) -> Serving:
+        health = Health()
+        return cls(
+            InferenceService(portfolio, events, workers or portfolio.settings.server.workers),
+            RepositoryService(portfolio, health),
+            OperationsService(portfolio),
+            updates,
+            health,
+        )
+
+    def close(self) -> None:
+        self.inference.close()

@@ -1,0 +1,265 @@
+"""Inference and generation, transport-free: the lease protocol in one place.
+
+A request is routed to its model's serving handle (leased without a coroutine when it is
+resident), its inputs checked against the signature, the model run on the event loop when that
+is cheaper than the hop to a worker thread (docs/performance.md) or on the worker pool, and the
+lease released when the answer (or the last chunk of a stream) is out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from edged.errors import InvalidInputError
+from edged.events import Events
+from edged.portfolio.portfolio import Portfolio
+from edged.portfolio.slot import Handle, Lease
+from edged.serving.views import Served
+from edged.tensors import (
+    NUMPY_TO_DATATYPE,
+    Array,
+    GenerationParams,
+    TensorSpec,
+    prompt_text,
+)
+
+_END = object()
+
+
+def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
+    """Names, datatypes and shapes against the model's signature; errors name the tensor."""
+    if len(inputs) == len(specs):
+        for spec in specs:
+            if not _matches(spec, inputs.get(spec.name)):
+                break
+        else:
+            return  # the request path: every tensor as the model wants it
+    _explain_mismatch(model, specs, inputs)
+
+
+def _matches(spec: TensorSpec, array: Array | None) -> bool:
+    if array is None or len(array.shape) != len(spec.shape):
+        return False
+    datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype)
+    if datatype != spec.datatype:
+        return False
+    for want, got in zip(spec.shape, array.shape, strict=True):
+        if want >= 0 and want != got:
+            return False
+    return True
+
+
+def _explain_mismatch(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
+    """Raise the error that names what is wrong (only called when something is)."""
+    expected = {s.name for s in specs}
+    for spec in specs:
+        if spec.name not in inputs:
+            got = ", ".join(repr(n) for n in inputs) or "none"
+            raise InvalidInputError(
+                f"missing input tensor {spec.name!r} for model {model!r} (got {got})"
+            )
+    for name in inputs:
+        if name not in expected:
+            raise InvalidInputError(
+                f"unexpected input tensor {name!r}: model {model!r} takes "
+                f"{', '.join(sorted(expected))}"
+            )
+    for spec in specs:
+        array = inputs[spec.name]
+        datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?")
+        if datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: datatype {datatype} does not match the model's "
+                f"{spec.datatype}"
+            )
+        if len(array.shape) != len(spec.shape) or any(
+            want >= 0 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+        ):
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: shape {list(array.shape)} does not match the "
+                f"model's {list(spec.shape)} (-1 is any size)"
+            )
+
+
+def select_outputs(
+    model: str, outputs: dict[str, Array], requested: Sequence[str]
+) -> list[tuple[str, Array]]:
+    if not requested:
+        return list(outputs.items())
+    selected = []
+    for name in requested:
+        if name not in outputs:
+            raise InvalidInputError(
+                f"requested output {name!r} does not exist: model {model!r} produces "
+                f"{', '.join(outputs)}"
+            )
+        selected.append((name, outputs[name]))
+    return selected
+
+
+@dataclasses.dataclass
+class Stream:
+    """An opened streamed request: who answers, and either text chunks (a generative model
+    asked to stream) or the whole answer."""
+
+    version: str
+    variant: str
+    output: str  # the output tensor's name
+    cold: bool
+    chunks: AsyncIterator[str] | None = None
+    outputs: list[tuple[str, Array]] | None = None
+
+
+class InferenceService:
+    def __init__(self, portfolio: Portfolio, events: Events, workers: int) -> None:
+        self.portfolio = portfolio
+        self.events = events
+        self.pool = ThreadPoolExecutor(workers, "edged-infer")
+
+    async def infer(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, Array],
+        requested: Sequence[str],
+        params: GenerationParams,
+        layout: object | None = None,
+    ) -> Served:
+        """One whole inference. ``layout``: an object standing for the inputs' names,
+        datatypes and shapes (a wire.py request layout); a handle that has checked it once does
+        not check it again."""
+        portfolio = self.portfolio
+        slot, arrived = portfolio.arrive(model, version)
+        lease = portfolio.warm_lease(slot, arrived) or await portfolio.cold_lease(slot, arrived)
+        try:
+            return await self._run(lease, inputs, requested, params, layout)
+        finally:
+            lease.release()
+
+    async def _run(
+        self,
+        lease: Lease,
+        inputs: Mapping[str, Array],
+        requested: Sequence[str],
+        params: GenerationParams,
+        layout: object | None = None,
+    ) -> Served:
+        handle = lease.handle
+        runtime = handle.runtime
+        model = handle.manifest.name
+        if layout is None or handle.checked_layout is not layout:
+            check_inputs(model, runtime.inputs, inputs)
+            handle.checked_layout = layout
+        if runtime.generative:
+            text = "".join([c async for c in self._stream(handle, inputs, params)])
+            outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
+        elif handle.timing.run_inline(_nbytes(inputs)):
+            # Cheaper than the hop to a worker thread and back (docs/performance.md).
+            outputs = handle.timing.timed(runtime.infer, inputs)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self.pool, handle.timing.timed, runtime.infer, inputs
+            )
+        return Served(
+            handle.version, handle.variant.id, select_outputs(model, outputs, requested), lease.cold
+        )
+
+    async def stream(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, Array],
+        requested: Sequence[str],
+        params: GenerationParams,
+        stream: bool,
+    ) -> Stream:
+        """A streamed request, leased once: text chunks when the model generates and ``stream``
+        is asked, else the whole answer. The lease ends with the last chunk (or at once)."""
+        lease = await self.portfolio.lease(model, version)
+        handle = lease.handle
+        runtime = handle.runtime
+        opened = Stream(handle.version, handle.variant.id, runtime.outputs[0].name, lease.cold)
+        if not (stream and runtime.generative):
+            try:
+                opened.outputs = (await self._run(lease, inputs, requested, params)).outputs
+            finally:
+                lease.release()
+            return opened
+        try:
+            check_inputs(model, runtime.inputs, inputs)
+        except BaseException:
+            lease.release()
+            raise
+
+        async def chunks() -> AsyncIterator[str]:
+            try:
+                async for chunk in self._stream(handle, inputs, params):
+                    yield chunk
+            finally:
+                lease.release()
+
+        opened.chunks = chunks()
+        return opened
+
+    def observe(self, model: str, ok: bool, start_ns: int) -> None:
+        """A request to ``model`` ended (started at ``start_ns``, perf_counter_ns): its
+        statistics and the request events. Unknown names are not counted (the label set of the
+        metrics must not grow with what clients send)."""
+        slot = self.portfolio.slots.get(model)
+        if slot is None:
+            return
+        elapsed = time.perf_counter_ns() - start_ns
+        slot.stats.record(ok, elapsed)
+        self.events.request_finished(model, ok, elapsed / 1e9)
+
+    async def _stream(
+        self, handle: Handle, inputs: Mapping[str, Array], params: GenerationParams
+    ) -> AsyncIterator[str]:
+        """Run generation on a worker thread, handing chunks to the loop as they come."""
+        runtime = handle.runtime
+        name = runtime.inputs[0].name
+        prompt = prompt_text(inputs[name], name)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                for chunk in runtime.generate(prompt, params, stop.is_set):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        future = loop.run_in_executor(self.pool, work)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(future)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _nbytes(inputs: Mapping[str, Array]) -> int:
+    total = 0
+    for array in inputs.values():
+        total += array.nbytes
+    return total
+
+
+def _text_array(text: str) -> Array:
+    import numpy as np
+
+    return np.array([text.encode()], dtype=object)

@@ -1,0 +1,1 @@
+"""What runs on the controller: building signed updates and pushing them to nodes."""

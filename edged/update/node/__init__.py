@@ -1,0 +1,1 @@
+"""What runs on the node: receiving pushed updates and applying them into the store."""

@@ -1,0 +1,391 @@
+"""Pushed updates against the real daemon: signed patches over gRPC, resume, refusal, kill -9.
+
+The model is a 19 MB fp32 MLP with an int8 variant; a new version fine-tunes the fp32 weights
+(sent as a patch) and keeps the int8 file (reused, nothing sent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from edged.api import updates_pb2 as upb
+from edged.api import updates_pb2_grpc as upb_grpc
+from edged.errors import EdgedError
+from edged.store.store import ModelStore
+from edged.update import signing
+from edged.update.controller import client
+from edged.update.protocol import update_id
+from edged.update.synthetic import finetune
+from tests.certs import make_pki
+from tests.daemon import DaemonProcess, free_port, scrape, wait_for
+from tests.portfolios import mlp_family
+
+pytestmark = pytest.mark.e2e
+MODEL = "ranker"
+
+
+def new_version(v1: Path, out: Path, version: str, seed: int) -> Path:
+    """``v1`` with its fp32 weights fine-tuned (every weight ~0.1%)."""
+    directory = out / f"{MODEL}-v{version}"
+    shutil.copytree(v1, directory)
+    raw = json.loads((directory / "manifest.json").read_text())
+    raw["version"] = version
+    for variant in raw["variants"]:
+        if variant["id"] == "fp32":
+            path = directory / variant["file"]
+            finetune(v1 / variant["file"], path, fraction=1.0, relative=1e-3, seed=seed)
+            variant["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(raw))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("updates")
+    v1 = mlp_family(root / "src", MODEL, (256, 2048, 2048, 10), seed=5)
+    keys = root / "trusted"
+    keys.mkdir()
+    signing.keygen(root / "controller.key")
+    shutil.copy(root / "controller.key.pub", keys / "controller.pub")
+    signing.keygen(root / "stranger.key")
+    v2 = new_version(v1, root / "src", "2", seed=1)
+    update = root / "update-v2"
+    client.build(v1, v2, update, root / "controller.key", activate="immediate")
+    return {"root": root, "v1": v1, "v2": v2, "update": update, "keys": keys}
+
+
+def fresh_store(world: dict[str, Any], tmp_path: Path) -> Path:
+    store = ModelStore(tmp_path / "store")
+    store.import_dir(world["v1"])
+    return store.root
+
+
+def start(store: Path, world: dict[str, Any], **overrides: Any) -> DaemonProcess:
+    return DaemonProcess(
+        store, updates__trusted_keys=str(world["keys"]), preload__enabled=False, **overrides
+    ).start()
+
+
+def served_version(address: str) -> str:
+    """The version that answers an inference request (tritonclient, as a real client would;
+    it also owns the `inference` protobuf package in this process)."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(url=address)
+    try:
+        data = triton.InferInput("input", [1, 256], "FP32")
+        data.set_data_from_numpy(np.ones((1, 256), np.float32))
+        return str(client.infer(MODEL, [data], client_timeout=60).get_response().model_version)
+    finally:
+        client.close()
+
+
+def store_is_consistent(root: Path) -> None:
+    """Every registered version's blobs exist with the right digest; ACTIVE names one of them."""
+    store = ModelStore(root)
+    for manifest in store.iter_manifests():
+        for variant in manifest.variants:
+            path = store.blob_path(variant.sha256)
+            assert path.is_file(), f"{manifest.version}/{variant.id}: blob missing"
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == variant.sha256
+    assert store.active(MODEL) in store.versions(MODEL)
+
+
+def push(address: str, update: Path, **options: Any) -> Any:
+    manifest = update / "manifest.json"
+    with grpc.insecure_channel(address) as channel:
+        return client.push(channel, manifest, client.files_to_push(manifest), **options)
+
+
+def test_push_patch_activates_and_serves_the_new_version(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    daemon = start(
+        fresh_store(world, tmp_path), world, metrics__address=f"127.0.0.1:{metrics_port}"
+    )
+    try:
+        assert served_version(daemon.unix_url) == "1"
+        manifest = json.loads((world["update"] / "manifest.json").read_text())
+        transfers = manifest["update"]["variants"]
+        assert transfers["fp32"]["method"] == "patch" and transfers["int8"]["method"] == "reuse"
+        fp32_size = next(v["size"] for v in manifest["variants"] if v["id"] == "fp32")
+        assert transfers["fp32"]["size"] < 0.7 * fp32_size
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edged",
+                "push",
+                "--node",
+                daemon.tcp_url,
+                "--manifest",
+                str(world["update"] / "manifest.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert f"{MODEL} version 2: active" in cli.stdout
+        assert served_version(daemon.unix_url) == "2"
+        values = scrape(metrics_port)
+        assert values["edged_update_bytes_received_total"] == transfers["fp32"]["size"]
+        assert values["edged_patch_apply_seconds_count"] == 1
+        assert values["edged_updates_in_flight"] == 0
+        # Pushing the same version again is a no-op that reports where it stands.
+        again = push(daemon.tcp_url, world["update"])
+        assert again.state == "active"
+    finally:
+        daemon.stop()
+    store_is_consistent(daemon.store)
+    blob = ModelStore(daemon.store).blob_path(
+        next(v["sha256"] for v in manifest["variants"] if v["id"] == "fp32")
+    )
+    assert blob.read_bytes() == (world["v2"] / "model.fp32.onnx").read_bytes()
+
+
+def refused(address: str, update: Path, manifest: bytes, signature: bytes) -> grpc.RpcError:
+    files = client.files_to_push(update / "manifest.json")
+    with grpc.insecure_channel(address) as channel:
+        stub = upb_grpc.UpdatesStub(channel)
+
+        def requests() -> Iterator[upb.PushRequest]:
+            yield upb.PushRequest(header=upb.PushHeader(manifest=manifest, signature=signature))
+            yield from client.chunks_of(files, {}, None)
+
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Push(requests(), timeout=60)
+    return err.value
+
+
+def test_bad_pushes_are_refused_and_nothing_is_written(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    store = fresh_store(world, tmp_path)
+    daemon = start(store, world, metrics__address=f"127.0.0.1:{metrics_port}")
+    update = world["update"]
+    manifest = (update / "manifest.json").read_bytes()
+    good_sig = (update / "manifest.json.sig").read_bytes()
+    stranger_sig = signing.sign(manifest, signing.load_private(world["root"] / "stranger.key"))
+    tampered = manifest.replace(b'"immediate"', b'"manual"   ')
+    blobs_before = sorted(p.name for p in (store / "blobs" / "sha256").iterdir())
+    try:
+        cases = [
+            (b"", "not signed", grpc.StatusCode.UNAUTHENTICATED),
+            (stranger_sig, "not in updates.trusted_keys", grpc.StatusCode.UNAUTHENTICATED),
+            (b"{not json", "malformed", grpc.StatusCode.UNAUTHENTICATED),
+        ]
+        for signature, message, code in cases:
+            err = refused(daemon.tcp_url, update, manifest, signature)
+            assert err.code() == code and message in (err.details() or ""), err.details()
+        err = refused(daemon.tcp_url, update, tampered, good_sig)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "does not match" in (err.details() or "")
+
+        # A patch altered in transit: the signed digest catches it after the last byte.
+        corrupt = tmp_path / "corrupt"
+        shutil.copytree(update, corrupt)
+        patch_file = corrupt / "fp32.patch"
+        data = bytearray(patch_file.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        patch_file.write_bytes(bytes(data))
+        err = refused(daemon.tcp_url, corrupt, manifest, good_sig)
+        assert err.code() == grpc.StatusCode.DATA_LOSS
+        assert "signed manifest says" in (err.details() or "")
+
+        values = scrape(metrics_port)
+        for reason, count in (("unsigned", 1), ("untrusted_key", 1), ("bad_signature", 2)):
+            assert values[f'edged_patches_rejected_total{{reason="{reason}"}}'] == count
+        assert values['edged_patches_rejected_total{reason="digest_mismatch"}'] == 1
+        assert served_version(daemon.unix_url) == "1"
+    finally:
+        daemon.stop()
+    assert ModelStore(store).versions(MODEL) == ["1"]
+    assert sorted(p.name for p in (store / "blobs" / "sha256").iterdir()) == blobs_before
+    store_is_consistent(store)
+
+
+def received_bytes(metrics_port: int) -> float:
+    return scrape(metrics_port).get("edged_update_bytes_received_total", 0.0)
+
+
+def test_a_dropped_push_resumes_where_it_stopped(world: dict[str, Any], tmp_path: Path) -> None:
+    metrics_port = free_port()
+    daemon = start(
+        fresh_store(world, tmp_path), world, metrics__address=f"127.0.0.1:{metrics_port}"
+    )
+    update = world["update"]
+    manifest = (update / "manifest.json").read_bytes()
+    files = client.files_to_push(update / "manifest.json")
+    total = files[0].transfer.size
+    uid = update_id(manifest)
+    try:
+        with grpc.insecure_channel(daemon.tcp_url) as channel:
+            stub = upb_grpc.UpdatesStub(channel)
+            sent = threading.Event()
+            before_drop = [0]  # bytes sent before the link drops
+
+            def half() -> Iterator[upb.PushRequest]:
+                header = upb.PushHeader(
+                    manifest=manifest, signature=(update / "manifest.json.sig").read_bytes()
+                )
+                yield upb.PushRequest(header=header)
+                for chunk in client.chunks_of(files, {}, None):
+                    if before_drop[0] >= total // 2:
+                        sent.set()
+                        time.sleep(30)  # the link "drops": the call is cancelled meanwhile
+                    before_drop[0] += len(chunk.chunk.data)
+                    yield chunk
+
+            def status_held() -> int:
+                status = stub.Status(upb.UpdateStatusRequest(update_id=uid), timeout=10)
+                assert status.state == "receiving"
+                return int({f.variant: f.held for f in status.files}["fp32"])
+
+            call = stub.Push.future(half(), timeout=60)
+            assert sent.wait(30)
+            wait_for(
+                lambda: received_bytes(metrics_port) == before_drop[0],
+                what="the node to receive every byte sent before the drop",
+            )
+            call.cancel()
+            # The node notices the drop on its own time, then makes what it received durable;
+            # Status counts only durable (fsynced) bytes.
+            wait_for(lambda: status_held() == before_drop[0], what="Status to count them held")
+        held = before_drop[0]
+        assert total // 4 <= held < total
+        # The dropped Push gave its model back: nothing is left in flight to refuse the next one.
+        assert scrape(metrics_port)["edged_updates_in_flight"] == 0
+        # The daemon restarts in between: what it held survives.
+        daemon.stop()
+        daemon.start()
+        with grpc.insecure_channel(daemon.tcp_url) as channel:
+            stub = upb_grpc.UpdatesStub(channel)
+            assert status_held() == held
+        result = push(daemon.tcp_url, update)
+        assert result.state == "active"
+        assert served_version(daemon.unix_url) == "2"
+        assert received_bytes(metrics_port) == total - held, "the second push re-sent held bytes"
+    finally:
+        daemon.stop()
+    store_is_consistent(daemon.store)
+
+
+def test_kill_9_during_push_and_apply_keeps_the_store_consistent(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """20 trials: kill -9 at a random instant of a push (receiving, applying, registering);
+    after a restart the store is consistent, a version serves, and a retried push completes."""
+    store = fresh_store(world, tmp_path)
+    rng = random.Random(1234)
+    daemon = start(store, world, updates__bandwidth="24MB")
+    versions: list[str] = []
+    outcomes: list[str] = []
+    try:
+        for trial in range(20):
+            version = str(trial + 2)
+            directory = new_version(world["v1"], tmp_path / "src", version, seed=100 + trial)
+            update = tmp_path / f"update-{version}"
+            client.build(
+                world["v1"],
+                directory,
+                update,
+                world["root"] / "controller.key",
+                activate="immediate" if trial % 2 else "manual",
+            )
+            before = ModelStore(store).active(MODEL)
+
+            def run(update: Path = update) -> None:
+                # The kill interrupts the push: any outcome is fine here.
+                with contextlib.suppress(grpc.RpcError, EdgedError):
+                    push(daemon.tcp_url, update, retries=0)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            time.sleep(rng.uniform(0.0, 0.9))
+            daemon.kill()
+            thread.join(30)
+            daemon.start()
+            assert ModelStore(store).active(MODEL) in (before, version)
+            assert not any((store / "tmp").iterdir()), "staging leftovers after recovery"
+            store_is_consistent(store)
+            assert served_version(daemon.unix_url) == ModelStore(store).active(MODEL)
+            outcomes.append(interrupted_at(daemon.tcp_url, update, store, version))
+            result = push(daemon.tcp_url, update)
+            assert result.state in ("active", "staged") and result.version == version
+            versions.append(version)
+    finally:
+        daemon.stop()
+    store_is_consistent(store)
+    assert set(versions) <= set(ModelStore(store).versions(MODEL))
+    assert len(versions) == 20
+    # The kills landed in different phases (receiving is the longest).
+    assert outcomes.count("receiving") >= 3, outcomes
+    assert len(set(outcomes)) >= 2, outcomes
+    print("kill outcomes:", {o: outcomes.count(o) for o in set(outcomes)})
+
+
+def interrupted_at(address: str, update: Path, store: Path, version: str) -> str:
+    """Which phase the kill interrupted, judged from what survived it."""
+    if version in ModelStore(store).versions(MODEL):
+        return "done"
+    uid = update_id((update / "manifest.json").read_bytes())
+    with grpc.insecure_channel(address) as channel:
+        status = upb_grpc.UpdatesStub(channel).Status(
+            upb.UpdateStatusRequest(update_id=uid), timeout=10
+        )
+    if status.state == "unknown":
+        return "before"
+    if all(f.held == f.size for f in status.files):
+        return "applying"
+    return "receiving"
+
+
+def test_tls_and_mutual_tls_on_the_tcp_listener(world: dict[str, Any], tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    daemon = start(
+        fresh_store(world, tmp_path),
+        world,
+        server__tls_cert=str(pki["server"]),
+        server__tls_key=str(pki["server_key"]),
+        server__tls_client_ca=str(pki["ca"]),
+    )
+    manifest = world["update"] / "manifest.json"
+    files = client.files_to_push(manifest)
+    address = f"localhost:{daemon.tcp_port}"
+    try:
+        # No TLS at all, and TLS without a client certificate: the handshake fails.
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
+            client.push(channel, manifest, files, retries=0)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        anonymous = grpc.ssl_channel_credentials(pki["ca"].read_bytes())
+        with grpc.secure_channel(address, anonymous) as channel, pytest.raises(grpc.RpcError):
+            client.push(channel, manifest, files, retries=0)
+        mutual = grpc.ssl_channel_credentials(
+            pki["ca"].read_bytes(), pki["client_key"].read_bytes(), pki["client"].read_bytes()
+        )
+        with grpc.secure_channel(address, mutual) as channel:
+            result = client.push(channel, manifest, files, retries=0)
+        assert result.state == "active"
+        # On-device clients keep the unix socket, without TLS.
+        assert served_version(daemon.unix_url) == "2"
+    finally:
+        daemon.stop()
