@@ -1,5 +1,10 @@
 """The portfolio: the async shell that carries out the residency engine's decisions.
 
+(Over 400 lines for a reason: everything that changes what is resident runs under one memory
+lock over one set of slots — loads, drains, evictions, downgrades, upgrades, preloads — and
+splitting it would spread that lock across modules. Costs, the loader, verdicts, the budget and
+the decisions themselves live elsewhere.)
+
 It owns one slot per model, describes them to the engine as a snapshot (engine.py), and executes
 what comes back under the memory lock: loads (loader.py), drains, evictions, downgrades, upgrades
 and preloads. The decisions themselves live in the engine, which the simulator drives too; what
@@ -25,6 +30,7 @@ from edged.portfolio.budget import (
     ProcessMemory,
     SystemMemory,
 )
+from edged.portfolio.costs import VariantCosts, expected_bytes
 from edged.portfolio.engine import (
     ModelState,
     NoRoom,
@@ -38,7 +44,7 @@ from edged.portfolio.journal import CrashJournal
 from edged.portfolio.loader import Loader
 from edged.portfolio.scoring import Action, ActionKind, Option
 from edged.portfolio.slot import Handle, Lease, Slot
-from edged.portfolio.verdicts import Prober, SubprocessProber, Verdict, Verdicts, VerdictState
+from edged.portfolio.verdicts import Prober, SubprocessProber, Verdict, Verdicts
 from edged.runtime.probe import ProbeResult
 from edged.settings import Settings
 from edged.store.manifest import Manifest, Variant
@@ -81,6 +87,7 @@ class Portfolio:
         self.budget = Accounting(
             settings.memory, system or SystemMemory(), meter or ProcessMemory()
         )
+        self.costs = VariantCosts(self.verdicts, self.budget)
         self.loader = Loader(journal, self.budget.meter, self.events, store.variant_path)
         self.slots: dict[str, Slot] = {}
         # Models the store holds whose serving version cannot be read, with the reason.
@@ -145,7 +152,7 @@ class Portfolio:
         variants of the models still to come (engine.place_at_start)."""
         for slot in self.slots.values():
             with contextlib.suppress(EdgedError):  # reported by the load below
-                await self._usable_options(slot.manifest)
+                await self.costs.usable(slot.manifest)
         order = self.engine.startup_order(self.snapshot())
         for i, name in enumerate(order):
             slot = self.slots[name]
@@ -182,11 +189,7 @@ class Portfolio:
     def bytes_of(self, handle: Handle) -> int:
         return self.budget.charge(handle.load_stats)
 
-    @staticmethod
-    def expected_bytes(variant: Variant, result: ProbeResult | None) -> int:
-        if result is not None and result.memory_bytes > 0:
-            return result.memory_bytes
-        return variant.memory_bytes or variant.size
+    expected_bytes = staticmethod(expected_bytes)
 
     def predicted_requests(self, slot: Slot) -> float:
         by_rate = slot.rate.rate(self.clock()) * self.settings.residency.horizon_seconds
@@ -194,43 +197,9 @@ class Portfolio:
 
     # -- the engine's view ----------------------------------------------------------------------
 
-    def _option(self, variant: Variant, result: ProbeResult | None) -> Option:
-        return Option(
-            variant.id,
-            int(self.expected_bytes(variant, result) * self.correction),
-            variant.quality,
-            result.load_seconds if result else 1.0,
-        )
-
-    def known_options(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
-        """Usable variants whose verdict is already known, best quality first."""
-        out = []
-        for variant in manifest.variants:
-            verdict = self.verdict(variant)
-            if verdict.state is VerdictState.USABLE:
-                out.append((variant, self._option(variant, verdict.result)))
-        out.sort(key=lambda vo: (-vo[1].quality, vo[1].bytes))
-        return out
-
-    async def _usable_options(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
-        reasons = []
-        for variant in manifest.variants:
-            result = await self.validate(variant)
-            if not result.usable:
-                reasons.append(f"{variant.id}: {result.reason}")
-        options = self.known_options(manifest)
-        if not options:
-            raise EdgedError(
-                f"model {manifest.name} version {manifest.version}: no variant can be loaded ("
-                + "; ".join(reasons)
-                + ")",
-                ErrorCode.FAILED_PRECONDITION,
-            )
-        return options
-
     def _state(self, slot: Slot) -> ModelState:
         handle = slot.handle
-        options = tuple(o for _, o in self.known_options(slot.manifest))
+        options = tuple(o for _, o in self.costs.known(slot.manifest))
         resident = None
         resident_options = None
         if handle is not None:
@@ -241,7 +210,7 @@ class Portfolio:
                 handle.load_stats.seconds,
             )
             if handle.manifest is not slot.manifest:
-                resident_options = tuple(o for _, o in self.known_options(handle.manifest))
+                resident_options = tuple(o for _, o in self.costs.known(handle.manifest))
         return ModelState(
             slot.name,
             options,
@@ -305,7 +274,7 @@ class Portfolio:
     ) -> Handle | str:
         """Load what the engine places, or say why nothing fits now (memory lock held)."""
         manifest = slot.manifest
-        options = await self._usable_options(manifest)
+        options = await self.costs.usable(manifest)
         if variant_id is not None and all(v.id != variant_id for v, _ in options):
             raise NotFoundError(f"model {manifest.name!r} has no usable variant {variant_id!r}")
         snapshot = self.snapshot()
@@ -376,7 +345,7 @@ class Portfolio:
         else drop the current one first (requests queue for the memory lock meanwhile)."""
         old = slot.handle
         assert old is not None
-        need = self._option(variant, self.verdict(variant).result).bytes
+        need = self.costs.option(variant).bytes
         drop_first = need > self.free()
         if drop_first:
             slot.drop(slot.reason)
@@ -444,8 +413,9 @@ class Portfolio:
         task.add_done_callback(self._background.discard)
 
     async def _load(self, manifest: Manifest, variant: Variant, preload: bool = False) -> Handle:
-        floor = self.expected_bytes(variant, self.verdict(variant).result)
-        return await self.loader.load(manifest, variant, floor, background=preload)
+        return await self.loader.load(
+            manifest, variant, self.costs.floor(variant), background=preload
+        )
 
     async def _retire(self, handle: Handle) -> None:
         """Drain a handle's leases, then free it."""

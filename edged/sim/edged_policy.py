@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from edged.forecast.forecaster import Forecaster
 from edged.portfolio.engine import ModelState, NoRoom, Placement, ResidencyEngine, Shed, Snapshot
-from edged.portfolio.scoring import Action, ActionKind, DecayedRate
+from edged.portfolio.scoring import Action, ActionKind, DecayedRate, Option
 from edged.settings import PreloadSettings, ResidencySettings
 from edged.sim.policy import Options, Outcome, Policy
 
@@ -59,6 +59,10 @@ class EdgedPolicy(Policy):
         self.next_tick = 0.0
         self.next_preload = 0.0
         self.ready_at: dict[str, float] = {}
+        self._observed = 0  # requests fed to the rates and forecasters
+        self._snapshot: Snapshot | None = None
+        self._snapshot_key: tuple[float, int] | None = None
+        self._snapshot_resident: dict[str, Option] = {}
         if preload is None:
             self.name = "edged (no preloading)"
         elif not start_loaded:
@@ -74,7 +78,13 @@ class EdgedPolicy(Policy):
         return n
 
     def snapshot(self, t: float) -> Snapshot:
-        return Snapshot(
+        # Several decisions at one instant see the same forecasts: computed once per instant and
+        # state of the learners (the simulator's hot loop; the daemon asks far less often).
+        key = (t, self._observed)
+        if self._snapshot_key == key and self._snapshot_resident == self.resident:
+            assert self._snapshot is not None
+            return self._snapshot
+        snapshot = Snapshot(
             t,
             self.budget,
             {
@@ -89,6 +99,9 @@ class EdgedPolicy(Policy):
                 for m in self.options
             },
         )
+        self._snapshot, self._snapshot_key = snapshot, key
+        self._snapshot_resident = dict(self.resident)
+        return snapshot
 
     # -- carrying out decisions -----------------------------------------------------------------
 
@@ -151,6 +164,7 @@ class EdgedPolicy(Policy):
             self._tick(t)
             self.next_tick = t + self.tick_seconds
         self.rates[model].observe(t)
+        self._observed += 1
         followers: list[tuple[str, float]] = []
         if self.forecaster is not None:
             self.forecaster.observe(t, model)
