@@ -132,7 +132,7 @@ class Portfolio:
                 slot = self.slots[name] = Slot(
                     name, manifest, self.settings.residency.half_life_seconds
                 )
-                slot.pinned = name in pinned
+                slot.pin(name in pinned)
             else:
                 slot.serve(manifest)
 
@@ -399,7 +399,7 @@ class Portfolio:
         if self.accounted() > self.reading.bytes:
             # Planned on an estimate, the load measured more: shed the excess now, and do not
             # try this model again for a while (no upgrade/shed churn).
-            slot.upgrade_after = self.engine.backoff_until(self.clock())
+            slot.back_off(self.engine.backoff_until(self.clock()))
             await self._shed_if_over()
 
     def _notify(self) -> None:
@@ -455,7 +455,7 @@ class Portfolio:
                 await self._retire(old)
 
     def pin(self, name: str, pinned: bool) -> None:
-        self.slot(name).pinned = pinned
+        self.slot(name).pin(pinned)
 
     # -- the request path -----------------------------------------------------------------------
 
@@ -536,8 +536,7 @@ class Portfolio:
                 await self._apply(action, "preload")
             self.budget.reserved[name] = decision.option.bytes
             future: asyncio.Future[Handle | None] = asyncio.get_running_loop().create_future()
-            slot.preloading = future
-            slot.loading()
+            slot.preload_started(future)
         log.debug("preload %s/%s (%s, gain %.3f)", name, variant.id, trigger, decision.gain)
         installed = await self._preload_load(slot, manifest, variant, decision, trigger)
         future.set_result(slot.handle if installed else None)
@@ -555,7 +554,7 @@ class Portfolio:
         finally:
             self.budget.reserved.pop(slot.name, None)
         async with self._memory:
-            slot.preloading = None
+            slot.preload_ended()
             installed = handle is not None and slot.handle is None and slot.manifest is manifest
             if installed:
                 assert handle is not None

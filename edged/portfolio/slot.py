@@ -205,6 +205,21 @@ class Slot:
             return None
         return handle
 
+    def pin(self, pinned: bool) -> None:
+        """A pin holds the resident variant: never evicted, downgraded or swapped."""
+        self.pinned = pinned
+
+    def back_off(self, until: float) -> None:
+        """No automatic upgrade before ``until`` (portfolio clock)."""
+        self.upgrade_after = until
+
+    def preload_started(self, done: asyncio.Future[Handle | None]) -> None:
+        self.preloading = done
+        self.state = SlotState.LOADING
+
+    def preload_ended(self) -> None:
+        self.preloading = None
+
     def serve(self, manifest: Manifest) -> None:
         """A new serving version: the next request loads it (the old handle stays until then)."""
         self.manifest = manifest

@@ -17,6 +17,10 @@ No operation produces more than ``MAX_OP_BYTES`` of target nor references more t
 ``MAX_REF_BYTES`` of base, which bounds memory on both sides whatever the model size. Applying
 checks the trailer, then the base digest, before writing anything; the output goes to a temp
 file whose digest must equal the target's before it is renamed into place.
+
+(Over 400 lines for a reason: creation and application read and write one binary format, and
+keeping both beside the format's definition is what keeps them in step; the transforms, the
+anchors and the layouts are in their own modules.)
 """
 
 from __future__ import annotations

@@ -42,3 +42,17 @@ def test_an_adapter_importing_the_portfolio_breaks_them(tmp_path: Path) -> None:
     done = _lint_imports(copy)
     assert done.returncode != 0
     assert "edged.adapters.grpc.portfolio_service -> edged.portfolio.portfolio" in done.stdout
+
+
+def test_no_module_of_edged_imports_itself_back() -> None:
+    """No import cycle anywhere in the package, inside a layer as well as across layers."""
+    import grimp
+
+    graph = grimp.build_graph("edged")
+    cycles = [
+        (importer, imported)
+        for importer in sorted(graph.modules)
+        for imported in sorted(graph.find_modules_directly_imported_by(importer))
+        if importer < imported and graph.chain_exists(imported=importer, importer=imported)
+    ]
+    assert cycles == []
