@@ -21,6 +21,7 @@ from edged.adapters.grpc.server import GrpcServer
 from edged.adapters.prometheus import Metrics
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import RequestHistory
+from edged.lifecycle.manager import Lifecycle
 from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.preloader import Preloader
@@ -84,7 +85,7 @@ class Daemon:
         log.info("request history: %d requests replayed into the forecasters", preloader.restore())
         return preloader
 
-    def _build_updates(self, portfolio: Portfolio) -> UpdateService:
+    def _build_updates(self, lifecycle: Lifecycle) -> UpdateService:
         u = self.settings.updates
         receiver = UpdateReceiver(
             self.store, TrustedKeys.load(u.trusted_keys), u.partial_retention_hours * 3600.0
@@ -92,7 +93,7 @@ class Daemon:
         receiver.recover()
         if not receiver.trusted.keys:
             log.info("updates.trusted_keys is empty: pushed updates will be refused")
-        return UpdateService(receiver, self.metrics, u.bandwidth, portfolio.version_changed)
+        return UpdateService(receiver, self.metrics, u.bandwidth, lifecycle.changed)
 
     # -- the lifecycle --------------------------------------------------------------------------
 
@@ -103,10 +104,14 @@ class Daemon:
         suspects = portfolio.recover_from_crash()
         if suspects:
             log.warning("previous run ended abnormally; suspects: %s", ", ".join(suspects))
+        lifecycle = Lifecycle(portfolio, self.store, self.settings, self.metrics)
+        lifecycle.recover(suspects)
         portfolio.refresh()
         preloader = self._build_preloader(portfolio)
-        serving = Serving.over(portfolio, self.metrics, self._build_updates(portfolio))
-        self.metrics.watch(serving.repository)
+        serving = Serving.over(
+            portfolio, self.metrics, self._build_updates(lifecycle), lifecycle=lifecycle
+        )
+        self.metrics.watch(serving.repository, serving.lifecycle)
         server = GrpcServer(self.settings.server, serving)
         await server.start()
         await server.set_serving(False)
@@ -135,7 +140,9 @@ class Daemon:
             await server.set_serving(True)
             systemd.notify("READY=1", f"STATUS=serving {len(portfolio.slots)} models")
             log.info("edged ready: %d models", len(portfolio.slots))
-            await self._main_loop(portfolio)
+            for name, version in lifecycle.start_requested():
+                log.info("promoting %s version %s", name, version)
+            await self._main_loop(portfolio, lifecycle)
         finally:
             self.phase = Phase.STOPPING
             systemd.notify("STOPPING=1")
@@ -149,6 +156,7 @@ class Daemon:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
+            await lifecycle.close()
             await portfolio.close()
             serving.close()
             preloader.close()
@@ -156,8 +164,8 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             log.info("stopped")
 
-    async def _main_loop(self, portfolio: Portfolio) -> None:
-        """Wait for a stop; re-read the store on SIGHUP."""
+    async def _main_loop(self, portfolio: Portfolio, lifecycle: Lifecycle) -> None:
+        """Wait for a stop; on SIGHUP re-read the store and start the promotions it asks for."""
         while not self._stop.is_set():
             reload = asyncio.ensure_future(self._reload.wait())
             stop = asyncio.ensure_future(self._stop.wait())
@@ -168,6 +176,8 @@ class Daemon:
                 self._reload.clear()
                 systemd.reloading()
                 portfolio.refresh()
+                for name, version in lifecycle.start_requested():
+                    log.info("promoting %s version %s", name, version)
                 systemd.notify("READY=1", "STATUS=store re-read")
 
     async def _watchdog(self) -> None:

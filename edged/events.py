@@ -14,8 +14,9 @@ from typing import Protocol
 
 class Events(Protocol):
     # -- the request path -----------------------------------------------------------------------
-    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
-        """A request to a known model ended (unknown names never reach here)."""
+    def request_finished(self, model: str, version: str, ok: bool, seconds: float) -> None:
+        """A request to a known model ended (unknown names never reach here); ``version``: the
+        one that answered ("" when it failed before one did)."""
 
     def served(self, model: str, quality: float) -> None:
         """A request was leased to a variant of this declared quality."""
@@ -42,6 +43,16 @@ class Events(Protocol):
 
     def history_dropped(self, count: int) -> None: ...
 
+    def swap_wait(self, model: str, seconds: float) -> None:
+        """A request waited this long because its model was being swapped (should stay 0)."""
+
+    # -- the lifecycle --------------------------------------------------------------------------
+    def promotion_finished(self, model: str, outcome: str) -> None:
+        """committed | rejected | rolled_back | held."""
+
+    def rolled_back(self, model: str, reason: str) -> None:
+        """``reason``: errors | latency | drift | crash | operator."""
+
     # -- updates --------------------------------------------------------------------------------
     def update_started(self) -> None: ...
 
@@ -57,7 +68,7 @@ class Events(Protocol):
 class NoEvents:
     """Nobody listening: every event is dropped."""
 
-    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+    def request_finished(self, model: str, version: str, ok: bool, seconds: float) -> None:
         pass
 
     def served(self, model: str, quality: float) -> None:
@@ -91,6 +102,15 @@ class NoEvents:
         pass
 
     def history_dropped(self, count: int) -> None:
+        pass
+
+    def swap_wait(self, model: str, seconds: float) -> None:
+        pass
+
+    def promotion_finished(self, model: str, outcome: str) -> None:
+        pass
+
+    def rolled_back(self, model: str, reason: str) -> None:
         pass
 
     def update_started(self) -> None:

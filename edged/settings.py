@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import psutil
 from pydantic import (
@@ -250,8 +250,39 @@ class UpdatesSettings(Section):
         )
 
 
+Mode = Literal["availability", "resource", "direct"]
+Insufficient = Literal["hold", "promote", "reject"]
+
+
+class LifecycleSettings(Section):
+    """How a new version is promoted (docs/lifecycle.md)."""
+
+    # availability: load and evaluate beside the serving version, then flip (falls back to
+    # resource when both cannot fit); resource: release, then load, requests held meanwhile;
+    # direct: no evaluation, the next request loads it (labs and benchmarks only).
+    mode: Mode = "availability"
+    gate_min_samples: Count = Field(30, description="paired runs the latency gate needs")
+    gate_max_seconds: Seconds = Field(30.0, description="then the gate is inconclusive")
+    shadow_share: Probability = Field(0.25, description="live requests mirrored to a candidate")
+    shadow_min_samples: Count = Field(50, description="before the shadow test may decide")
+    shadow_max_seconds: Seconds = Field(120.0, description="then the shadow is inconclusive")
+    shadow_agreement: Probability = Field(0.99, description="agreement a candidate must keep")
+    # What an inconclusive gate or shadow does (too little traffic, too slow a model).
+    on_insufficient_traffic: Insufficient = "promote"
+    probation_requests: Count = Field(200, description="requests watched after the flip")
+    probation_seconds: Seconds = Field(60.0, description="time watched after the flip")
+    probation_max_error_rate: Probability = Field(0.01, description="runtime errors allowed")
+    probation_latency_factor: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
+    probation_max_psi: Seconds = Field(0.25, description="drift of confidence scores allowed")
+    keep_previous_warm: bool = Field(True, description="keep the old version during probation")
+    queue_limit: Count = Field(64, description="requests held during a resource-mode swap")
+
+
 class ModelSettings(Section):
     pin: bool = Field(False, description="never evicted, downgraded or swapped automatically")
+    # Per-model lifecycle choices (the [lifecycle] defaults otherwise).
+    promotion: Mode | None = None
+    on_insufficient_traffic: Insufficient | None = None
 
 
 class Settings(Section):
@@ -263,6 +294,7 @@ class Settings(Section):
     residency: ResidencySettings = ResidencySettings()
     preload: PreloadSettings = PreloadSettings()
     updates: UpdatesSettings = UpdatesSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     models: dict[str, ModelSettings] = {}
     source: Path | None = None
 
@@ -278,6 +310,16 @@ class Settings(Section):
 
     def pinned(self) -> frozenset[str]:
         return frozenset(name for name, m in self.models.items() if m.pin)
+
+    def promotion(self, model: str) -> Mode:
+        chosen = self.models.get(model)
+        return chosen.promotion if chosen and chosen.promotion else self.lifecycle.mode
+
+    def on_insufficient_traffic(self, model: str) -> Insufficient:
+        chosen = self.models.get(model)
+        if chosen and chosen.on_insufficient_traffic:
+            return chosen.on_insufficient_traffic
+        return self.lifecycle.on_insufficient_traffic
 
 
 def _describe(error: Any) -> str:

@@ -58,6 +58,13 @@ class DaemonProcess:
             "server": {"unix_socket": str(self.socket), "tcp": f"127.0.0.1:{self.tcp_port}"},
             "metrics": {"address": ""},
             "memory": {"budget": "4GiB"},
+            # Promotions in tests: short windows (the defaults wait minutes for traffic).
+            "lifecycle": {
+                "shadow_max_seconds": 3,
+                "probation_seconds": 2,
+                "probation_requests": 20,
+                "gate_min_samples": 10,
+            },
         }
         for key, value in overrides.items():
             section, _, name = key.partition("__")

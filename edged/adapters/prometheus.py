@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from edged.serving.lifecycle import LifecycleService
 from edged.serving.repository import RepositoryService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -39,23 +40,26 @@ class RequestMetrics:
     not prometheus_client objects (a lock and several calls each) but fields that the scrape
     reads (``_RequestCollector``). Only the event loop writes them."""
 
-    __slots__ = ("buckets", "error", "ok", "seconds_sum")
+    __slots__ = ("buckets", "by_version", "seconds_sum")
 
     def __init__(self) -> None:
-        self.ok = 0
-        self.error = 0
+        # [ok, error] per version that answered ("" when the request failed before one did).
+        self.by_version: dict[str, list[int]] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.seconds_sum = 0.0
 
-    def record(self, ok: bool, seconds: float) -> None:
+    def record(self, ok: bool, seconds: float, version: str = "") -> None:
         """A finished request; the latency histogram counts successful ones."""
+        counts = self.by_version.get(version)
+        if counts is None:
+            counts = self.by_version[version] = [0, 0]
         if ok:
-            self.ok += 1
+            counts[0] += 1
             # bisect_left: the first bound >= seconds, as Prometheus' "le" buckets are inclusive.
             self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.seconds_sum += seconds
         else:
-            self.error += 1
+            counts[1] += 1
 
 
 class Metrics:
@@ -142,6 +146,24 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.swap_waits = Histogram(
+            "edged_swap_wait_seconds",
+            "Time a request waited because its model was being swapped (should stay 0)",
+            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30),
+            registry=r,
+        )
+        self.promotions = Counter(
+            "edged_promotions",
+            "Promotions of new versions, by outcome (committed, rejected, rolled_back, held)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "edged_rollbacks",
+            "Versions taken back, by reason (errors, latency, drift, crash, operator)",
+            ["reason"],
+            registry=r,
+        )
         self.updates_in_flight = Gauge(
             "edged_updates_in_flight", "Updates being received or applied", registry=r
         )
@@ -158,9 +180,11 @@ class Metrics:
         self.quality_sum += quality
         self.quality_count += 1
 
-    def watch(self, repository: RepositoryService) -> None:
-        """Expose the portfolio's state, read from ``repository`` at each scrape."""
-        self.registry.register(_PortfolioCollector(repository))
+    def watch(
+        self, repository: RepositoryService, lifecycle: LifecycleService | None = None
+    ) -> None:
+        """Expose the portfolio's state (and the versions' figures), read at each scrape."""
+        self.registry.register(_PortfolioCollector(repository, lifecycle))
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
@@ -168,11 +192,11 @@ class Metrics:
 
     # -- edged.events.Events --------------------------------------------------------------------
 
-    def request_finished(self, model: str, ok: bool, seconds: float) -> None:
+    def request_finished(self, model: str, version: str, ok: bool, seconds: float) -> None:
         found = self._per_model.get(model)
         if found is None:
             found = self._per_model[model] = RequestMetrics()
-        found.record(ok, seconds)
+        found.record(ok, seconds, version)
 
     def served(self, model: str, quality: float) -> None:
         self.quality_sum += quality
@@ -209,6 +233,15 @@ class Metrics:
     def history_dropped(self, count: int) -> None:
         self.history_drops.inc(count)
 
+    def swap_wait(self, model: str, seconds: float) -> None:
+        self.swap_waits.observe(seconds)
+
+    def promotion_finished(self, model: str, outcome: str) -> None:
+        self.promotions.labels(outcome).inc()
+
+    def rolled_back(self, model: str, reason: str) -> None:
+        self.rollbacks.labels(reason).inc()
+
     def update_started(self) -> None:
         self.updates_in_flight.inc()
 
@@ -234,14 +267,17 @@ class _RequestCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         m = self._metrics
         requests = CounterMetricFamily(
-            "edged_requests", "Inference requests by model and outcome", labels=["model", "code"]
+            "edged_requests",
+            "Inference requests by model, the version that answered, and outcome",
+            labels=["model", "version", "code"],
         )
         seconds = HistogramMetricFamily(
             "edged_request_seconds", "Inference latency inside the daemon", labels=["model"]
         )
         for model, counts in sorted(list(m._per_model.items())):
-            requests.add_metric([model, "ok"], counts.ok)
-            requests.add_metric([model, "error"], counts.error)
+            for version, (ok, error) in sorted(list(counts.by_version.items())):
+                requests.add_metric([model, version, "ok"], ok)
+                requests.add_metric([model, version, "error"], error)
             cumulative, buckets = 0, []
             for bound, count in zip(_LE, list(counts.buckets), strict=True):
                 cumulative += count
@@ -260,11 +296,33 @@ class _RequestCollector(Collector):
 class _PortfolioCollector(Collector):
     """Values read at scrape time from the portfolio's view (on the metrics server's thread)."""
 
-    def __init__(self, repository: RepositoryService) -> None:
+    def __init__(self, repository: RepositoryService, lifecycle: LifecycleService | None) -> None:
         self._repository = repository
+        self._lifecycle = lifecycle
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         view = self._repository.portfolio_view(refresh=False, versions=False)
+        serving = GaugeMetricFamily(
+            "edged_serving_version",
+            "1 for the version that serves each model",
+            labels=["model", "version"],
+        )
+        for model in view.models:
+            serving.add_metric([model.name, model.active_version], 1)
+        yield serving
+        if self._lifecycle is not None:
+            figures = GaugeMetricFamily(
+                "edged_version_figure",
+                "What the lifecycle measured of a version under evaluation or on probation "
+                "(gate_p99_ms, budget_p99_ms, shadow_agreement, ...)",
+                labels=["model", "version", "state", "figure"],
+            )
+            for model in view.models:
+                for v in self._lifecycle.versions(model.name):
+                    if v.state in ("candidate", "probation") or v.serving:
+                        for name, value in sorted(v.figures.items()):
+                            figures.add_metric([model.name, v.version, v.state, name], value)
+            yield figures
         resident = GaugeMetricFamily(
             "edged_resident_bytes", "Bytes held by resident variants", labels=["model", "variant"]
         )

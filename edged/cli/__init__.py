@@ -1,6 +1,6 @@
 """`edged`: the daemon and its tools. One module per group of commands: local.py (serve,
-import, demo), client.py (commands against a running daemon), trace.py, update.py (patches,
-keys, signed updates, push)."""
+import, demo), client.py (commands against a running daemon), lifecycle.py (versions, activate,
+rollback, lineage), trace.py, update.py (patches, keys, signed updates, push)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from edged.cli import client, local, trace, update
+from edged.cli import client, lifecycle, local, trace, update
 from edged.cli.common import with_config
 from edged.errors import EdgedError
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     local.register(sub)
     client.register(sub)
+    lifecycle.register(sub)
     trace.register(sub)
     update.register(sub, with_config)
     return parser

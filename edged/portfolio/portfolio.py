@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from edged.errors import EdgedError, ErrorCode, NotFoundError
 from edged.events import Events, NoEvents
@@ -52,8 +53,26 @@ from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
 
+
+def held_name(handle: Handle) -> str:
+    """How the engine names a loaded version that does not serve: ``model@version``."""
+    return f"{handle.manifest.name}@{handle.version}"
+
+
 # How many times one decision re-plans when what it loaded measured more than planned.
 SHED_ROUNDS = 3
+
+
+class NoRoomError(EdgedError):
+    """Nothing can be made to fit: even evicting what may be evicted leaves too little."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class RefusedError(EdgedError):
+    """A version swapped in place was refused by its check (the old one serves again)."""
+
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 def _no_forecast(name: str) -> float:
@@ -112,14 +131,14 @@ class Portfolio:
         return suspects
 
     def refresh(self) -> None:
-        """Re-read the store: new models, new active versions."""
+        """Re-read the store for models it did not know: each is served by its committed
+        version. (Which version serves a known model is the lifecycle's to change.)"""
         pinned = self.settings.pinned()
         for name in self.store.models():
+            if name in self.slots:
+                continue
             active = self.store.active(name)
             if active is None:
-                continue
-            slot = self.slots.get(name)
-            if slot is not None and slot.manifest.version == active:
                 continue
             try:
                 manifest = self.store.manifest(name, active)
@@ -128,22 +147,10 @@ class Portfolio:
                 log.error("model %s: cannot read version %s: %s", name, active, exc.message)
                 continue
             self.unavailable.pop(name, None)
-            if slot is None:
-                slot = self.slots[name] = Slot(
-                    name, manifest, self.settings.residency.half_life_seconds
-                )
-                slot.pin(name in pinned)
-            else:
-                slot.serve(manifest)
-
-    def version_changed(self, name: str) -> None:
-        """The store's active version of ``name`` moved (a pushed update): requests get it from
-        now on; it loads at once if the old version was resident, so few requests wait."""
-        slot = self.slots.get(name)
-        was_resident = slot is not None and slot.handle is not None
-        self.refresh()
-        if was_resident:
-            self._in_background(self.load(name))
+            slot = self.slots[name] = Slot(
+                name, manifest, self.settings.residency.half_life_seconds
+            )
+            slot.pin(name in pinned)
 
     async def load_all(self) -> None:
         """Load every model's serving version while the budget allows; the rest load on demand.
@@ -179,9 +186,16 @@ class Portfolio:
     def correction(self) -> float:
         return self.budget.correction
 
+    def handles(self) -> list[Handle]:
+        """Every loaded variant: serving ones, candidates and previous versions kept warm."""
+        out: list[Handle] = []
+        for s in self.slots.values():
+            out.extend(h for h in (s.handle, s.candidate, s.previous) if h is not None)
+        return out
+
     def accounted(self) -> int:
-        """Bytes the resident variants hold, as measured at load and corrected since."""
-        return sum(self.bytes_of(s.handle) for s in self.slots.values() if s.handle)
+        """Bytes the loaded variants hold, as measured at load and corrected since."""
+        return sum(self.bytes_of(h) for h in self.handles())
 
     def free(self) -> int:
         return self.reading.bytes - self.accounted() - sum(self.budget.reserved.values())
@@ -222,16 +236,64 @@ class Portfolio:
             resident_options=resident_options,
         )
 
-    def snapshot(self) -> Snapshot:
-        """The portfolio as the engine sees it, now."""
+    def snapshot(self, extra: ModelState | None = None) -> Snapshot:
+        """The portfolio as the engine sees it, now. A candidate (never displaced while it is
+        evaluated) and a previous version kept warm (the cheapest thing to let go: nothing is
+        served by it) appear as models of their own, ``name@version``; ``extra``: one more such
+        model, the one a decision is about."""
+        models = {name: self._state(slot) for name, slot in self.slots.items()}
+        for slot in self.slots.values():
+            if slot.candidate is not None:
+                c = slot.candidate
+                state = self._held_state(c, self.predicted_requests(slot), busy=True)
+                models[state.name] = state
+            if slot.previous is not None:
+                p = slot.previous
+                state = self._held_state(p, 0.0, busy=p.inflight > 0)
+                models[state.name] = state
+        if extra is not None:
+            models[extra.name] = extra
         return Snapshot(
-            self.clock(),
-            self.reading.bytes,
-            {name: self._state(slot) for name, slot in self.slots.items()},
-            sum(self.budget.reserved.values()),
+            self.clock(), self.reading.bytes, models, sum(self.budget.reserved.values())
         )
 
+    def _held_state(self, handle: Handle, predicted: float, *, busy: bool) -> ModelState:
+        held = Option(
+            handle.variant.id,
+            self.bytes_of(handle),
+            handle.variant.quality,
+            handle.load_stats.seconds,
+        )
+        return ModelState(held_name(handle), (held,), held, predicted, busy=busy)
+
     # -- decisions ------------------------------------------------------------------------------
+
+    async def _wait_for_swap(self, slot: Slot, deadline: float) -> None:
+        """A resource-preserving swap holds this model's requests until the new version (or the
+        old one again) is in: wait, a bounded number of requests at most."""
+        limit = self.settings.lifecycle.queue_limit
+        if slot.held >= limit:
+            raise EdgedError(
+                f"model {slot.name!r} is being swapped to a new version and {limit} requests "
+                "already wait for it; retry shortly",
+                ErrorCode.RESOURCE_EXHAUSTED,
+            )
+        slot.held += 1
+        started = time.perf_counter()
+        try:
+            while slot.swapping is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise EdgedError(
+                        f"model {slot.name!r}: the swap to a new version took longer than "
+                        f"{self.settings.memory.load_timeout_seconds:g} s",
+                        ErrorCode.UNAVAILABLE,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(slot.swapping), remaining)
+        finally:
+            slot.held -= 1
+            self.events.swap_wait(slot.name, time.perf_counter() - started)
 
     async def ensure_ready(
         self,
@@ -248,6 +310,8 @@ class Portfolio:
         deadline = time.monotonic() + (self.settings.memory.load_timeout_seconds if wait else 0.0)
         if slot.preloading is not None:  # a preload is bringing it in: faster than a new load
             await asyncio.shield(slot.preloading)
+        if slot.swapping is not None:
+            await self._wait_for_swap(slot, deadline)
         while True:
             changed = self._memory_changed
             async with self._memory:
@@ -318,6 +382,14 @@ class Portfolio:
 
     async def _apply(self, action: Action, why: str) -> None:
         """Carry out an eviction or a downgrade (memory lock held)."""
+        if "@" in action.model:  # a previous version kept warm: it simply goes
+            name = action.model.partition("@")[0]
+            slot = self.slots[name]
+            if slot.previous is not None and held_name(slot.previous) == action.model:
+                old_previous, slot.previous = slot.previous, None
+                log.info("released %s to make room (%s)", action.model, why)
+                await self._retire(old_previous)
+            return
         slot = self.slots[action.model]
         old = slot.handle
         if old is None or old.variant.id != action.variant:
@@ -378,7 +450,7 @@ class Portfolio:
 
     async def tick(self) -> BudgetReading:
         """Re-read memory pressure; shed when over budget, upgrade busy models when it eases."""
-        measured = sum(s.handle.load_stats.memory_bytes for s in self.slots.values() if s.handle)
+        measured = sum(h.load_stats.memory_bytes for h in self.handles())
         self.budget.reread(measured, self.accounted)
         async with self._memory:
             decision = self.engine.tick(self.snapshot())
@@ -457,6 +529,157 @@ class Portfolio:
     def pin(self, name: str, pinned: bool) -> None:
         self.slot(name).pin(pinned)
 
+    # -- versions: what the lifecycle asks for --------------------------------------------------
+
+    async def load_beside(self, name: str, manifest: Manifest) -> Handle:
+        """Load another version of ``name`` next to the serving one, without serving it.
+
+        The engine places it as a model of its own (``name@version``) with the serving version's
+        traffic, making room as for any load, but never displacing the serving version; the same
+        variant as the serving one when it fits (comparisons between versions then compare like
+        with like), the best that fits otherwise. Bytes are reserved under the memory lock and
+        the load runs outside it on the background load thread, as a preload does.
+        RESOURCE_EXHAUSTED (NoRoomError) when both cannot fit."""
+        slot = self.slot(name)
+        options = tuple(o for _, o in await self.costs.usable(manifest))
+        key = f"{name}@{manifest.version}"
+        async with self._memory:
+            serving = slot.handle
+            extra = ModelState(key, options, None, max(self.predicted_requests(slot), 1.0))
+            snapshot = self.snapshot(extra)
+            if serving is not None:  # it serves on meanwhile: never displaced
+                models = dict(snapshot.models)
+                models[name] = dataclasses.replace(models[name], busy=True)
+                snapshot = dataclasses.replace(snapshot, models=models)
+            decision: Placement | NoRoom = NoRoom(key, (), 0)
+            if serving is not None and any(o.variant == serving.variant.id for o in options):
+                decision = self.engine.place(snapshot, key, variant=serving.variant.id)
+            if isinstance(decision, NoRoom):
+                decision = self.engine.place(snapshot, key)
+            if isinstance(decision, NoRoom):
+                raise NoRoomError(self._no_room(decision))
+            for action in decision.actions:
+                await self._apply(action, "candidate")
+            self.budget.reserved[key] = decision.option.bytes
+        try:
+            handle = await self._load(manifest, manifest.variant(decision.option.variant), True)
+        finally:
+            self.budget.reserved.pop(key, None)
+        async with self._memory:
+            if slot.candidate is not None:
+                self._in_background(self._retire(slot.candidate))
+            slot.candidate = handle
+            await self._shed_if_over(protect=name)
+        self._notify()
+        return handle
+
+    async def flip(self, name: str, reason: str, keep_previous: bool) -> None:
+        """The candidate serves from now on, in one step: a request sees the old version or the
+        new one, never neither and never a wait. The version it replaces is kept warm as
+        ``previous`` (the fallback during probation) or drained and closed in the background."""
+        slot = self.slot(name)
+        async with self._memory:
+            candidate = slot.candidate
+            if candidate is None:
+                raise EdgedError(f"model {name!r} has no candidate loaded", ErrorCode.ABORTED)
+            slot.candidate = None
+            slot.serve(candidate.manifest)
+            old = slot.install(candidate, reason)
+            if old is not None:
+                if keep_previous:
+                    if slot.previous is not None:
+                        self._in_background(self._retire(slot.previous))
+                    slot.previous = old
+                else:
+                    self._in_background(self._retire(old))
+            await self._shed_if_over(protect=name)
+        self._notify()
+
+    async def flip_back(self, name: str, reason: str) -> bool:
+        """Serve the previous version again (kept warm) and close the one that served; False
+        when no previous version is resident."""
+        slot = self.slot(name)
+        async with self._memory:
+            previous = slot.previous
+            if previous is None:
+                return False
+            slot.previous = None
+            slot.serve(previous.manifest)
+            bad = slot.install(previous, reason)
+            if bad is not None:
+                self._in_background(self._retire(bad))
+        self._notify()
+        return True
+
+    async def release(self, name: str, which: str) -> None:
+        """Let the candidate (``which="candidate"``) or the previous version go."""
+        slot = self.slot(name)
+        async with self._memory:
+            handle = slot.candidate if which == "candidate" else slot.previous
+            if which == "candidate":
+                slot.candidate = None
+            else:
+                slot.previous = None
+        if handle is not None:
+            await self._retire(handle)
+
+    async def swap_in_place(
+        self,
+        name: str,
+        manifest: Manifest,
+        reason: str,
+        check: Callable[[Handle], Awaitable[str | None]] | None = None,
+    ) -> Handle:
+        """The resource-preserving swap: requests to ``name`` are held (a bounded queue), the
+        serving version drains and is released, ``manifest`` is loaded into the room it left
+        (the engine may make more), ``check`` looks at it while requests still wait (a reason
+        to refuse it, or None), and it serves. Refused or failed to load, the old version is
+        loaded again (raising why). The hold ends either way."""
+        slot = self.slot(name)
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.swapping = hold
+        try:
+            async with self._memory:
+                old_manifest = slot.manifest
+                old = slot.drop(f"swapping to version {manifest.version}")
+                if old is not None:
+                    await self._retire(old)
+                slot.serve(manifest)
+                refused: EdgedError | None = None
+                try:
+                    outcome = await self._try_load(slot, None, None)
+                    if not isinstance(outcome, Handle):
+                        refused = NoRoomError(outcome)
+                    elif check is not None:
+                        why = await check(outcome)
+                        if why is not None:
+                            refused = RefusedError(why)
+                except EdgedError as exc:
+                    refused = exc
+                if refused is None:
+                    assert isinstance(outcome, Handle)
+                    slot.reason = reason
+                    return outcome
+                bad = slot.drop(slot.reason)
+                if bad is not None:
+                    await self._retire(bad)
+                slot.serve(old_manifest)
+                await self._try_load(slot, None, None)
+                raise refused
+        finally:
+            slot.swapping = None
+            hold.set_result(None)
+            self._notify()
+
+    def serve_version(self, name: str, manifest: Manifest) -> None:
+        """Serve ``manifest`` from the next request on, with no evaluation (the lifecycle's
+        ``direct`` mode): it loads at once if the old version was resident."""
+        slot = self.slot(name)
+        was_resident = slot.handle is not None
+        slot.serve(manifest)
+        if was_resident:
+            self._in_background(self.load(name))
+
     # -- the request path -----------------------------------------------------------------------
 
     async def lease(self, name: str, version: str) -> Lease:
@@ -485,7 +708,7 @@ class Portfolio:
 
     def warm_lease(self, slot: Slot, arrived: float) -> Lease | None:
         handle = slot.handle
-        if handle is None or handle.version != slot.manifest.version:
+        if handle is None or handle.version != slot.manifest.version or slot.swapping:
             return None
         return self._leased(handle, arrived, cold=False)
 

@@ -6,12 +6,13 @@ import asyncio
 import dataclasses
 import enum
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from edged.portfolio.journal import CrashJournal
+from edged.portfolio.reservoir import Reservoir
 from edged.portfolio.scoring import DecayedRate
-from edged.runtime.base import LoadStats, Runtime
+from edged.runtime.base import Array, LoadStats, Runtime
 from edged.store.manifest import Manifest, Variant
 
 T = TypeVar("T")
@@ -168,6 +169,17 @@ class Lease:
             self._done(self)
 
 
+class Observer(Protocol):
+    """Sees a model's live requests (the lifecycle's shadow comparison and probation watch).
+    Called on the request path: it must only note, or hand work to the background."""
+
+    def served(
+        self, handle: Handle, inputs: Mapping[str, Array], outputs: dict[str, Array], ns: int
+    ) -> None: ...
+
+    def failed(self, handle: Handle, error: BaseException) -> None: ...
+
+
 class Slot:
     """A model's place in the portfolio: the serving version, the resident handle, request
     counts. Its state changes only through the methods below (the portfolio calls them with the
@@ -187,6 +199,15 @@ class Slot:
         self.preloading: asyncio.Future[Handle | None] | None = None
         # Portfolio clock before which the policy does not try to upgrade this model again.
         self.upgrade_after = 0.0
+        # The lifecycle's: a new version loaded beside the serving one (not serving), the
+        # version it replaced kept warm during probation, a hold on requests while a
+        # resource-preserving swap runs (and how many wait on it), and who watches requests.
+        self.candidate: Handle | None = None
+        self.previous: Handle | None = None
+        self.swapping: asyncio.Future[None] | None = None
+        self.held = 0
+        self.observer: Observer | None = None
+        self.reservoir = Reservoir()
 
     @property
     def ready(self) -> bool:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 
 from edged.events import Events
+from edged.lifecycle.manager import Lifecycle
 from edged.portfolio.portfolio import Portfolio
 from edged.serving.inference import InferenceService, Stream
+from edged.serving.lifecycle import LifecycleService
 from edged.serving.operations import OperationsService
 from edged.serving.repository import Health, RepositoryService
 from edged.serving.updates import Chunk, Header, UpdateService
@@ -18,6 +20,7 @@ __all__ = [
     "Header",
     "Health",
     "InferenceService",
+    "LifecycleService",
     "OperationsService",
     "RepositoryService",
     "Serving",
@@ -33,6 +36,7 @@ class Serving:
     operations: OperationsService
     updates: UpdateService | None
     health: Health
+    lifecycle: LifecycleService | None = None
 
     @classmethod
     def over(
@@ -41,14 +45,16 @@ class Serving:
         events: Events,
         updates: UpdateService | None = None,
         workers: int | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> Serving:
         health = Health()
         return cls(
             InferenceService(portfolio, events, workers or portfolio.settings.server.workers),
             RepositoryService(portfolio, health),
-            OperationsService(portfolio),
+            OperationsService(portfolio, lifecycle),
             updates,
             health,
+            LifecycleService(lifecycle) if lifecycle is not None else None,
         )
 
     def close(self) -> None:

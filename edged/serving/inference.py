@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from edged.errors import InvalidInputError
+from edged.errors import EdgedError, ErrorCode, InvalidInputError
 from edged.events import Events
 from edged.portfolio.portfolio import Portfolio
-from edged.portfolio.slot import Handle, Lease
+from edged.portfolio.slot import Handle, Lease, Slot
 from edged.serving.views import Served
 from edged.tensors import (
     NUMPY_TO_DATATYPE,
@@ -30,6 +30,13 @@ from edged.tensors import (
 )
 
 _END = object()
+
+
+class RuntimeFailedError(EdgedError):
+    """The runtime raised while running a request its signature accepted (not the client's
+    fault: INTERNAL, with what the runtime said)."""
+
+    code = ErrorCode.INTERNAL
 
 
 def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
@@ -137,8 +144,40 @@ class InferenceService:
         portfolio = self.portfolio
         slot, arrived = portfolio.arrive(model, version)
         lease = portfolio.warm_lease(slot, arrived) or await portfolio.cold_lease(slot, arrived)
+        handle = lease.handle
         try:
-            return await self._run(lease, inputs, requested, params, layout)
+            served = await self._run(lease, inputs, requested, params, layout)
+        except RuntimeFailedError as failure:
+            served = await self._fall_back(slot, handle, failure, inputs, requested, params)
+        finally:
+            lease.release()
+        slot.reservoir.offer(inputs)
+        observer = slot.observer
+        if observer is not None:
+            ns = int((time.perf_counter() - arrived) * 1e9)
+            observer.served(handle, inputs, dict(served.outputs), ns)
+        return served
+
+    async def _fall_back(
+        self,
+        slot: Slot,
+        handle: Handle,
+        failure: RuntimeFailedError,
+        inputs: Mapping[str, Array],
+        requested: Sequence[str],
+        params: GenerationParams,
+    ) -> Served:
+        """The runtime failed on this request. During probation the previous version is kept
+        warm: it answers instead, and the failure counts against the new version."""
+        observer = slot.observer
+        if observer is not None:
+            observer.failed(handle, failure)
+        previous = slot.previous
+        if previous is None or previous is handle:
+            raise failure
+        lease = Lease(previous, arrived=time.perf_counter())
+        try:
+            return await self._run(lease, inputs, requested, params)
         finally:
             lease.release()
 
@@ -156,16 +195,24 @@ class InferenceService:
         if layout is None or handle.checked_layout is not layout:
             check_inputs(model, runtime.inputs, inputs)
             handle.checked_layout = layout
-        if runtime.generative:
-            text = "".join([c async for c in self._stream(handle, inputs, params)])
-            outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
-        elif handle.timing.run_inline(_nbytes(inputs)):
-            # Cheaper than the hop to a worker thread and back (docs/performance.md).
-            outputs = handle.timing.timed(runtime.infer, inputs)
-        else:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self.pool, handle.timing.timed, runtime.infer, inputs
-            )
+        try:
+            if runtime.generative:
+                text = "".join([c async for c in self._stream(handle, inputs, params)])
+                outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
+            elif handle.timing.run_inline(_nbytes(inputs)):
+                # Cheaper than the hop to a worker thread and back (docs/performance.md).
+                outputs = handle.timing.timed(runtime.infer, inputs)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, handle.timing.timed, runtime.infer, inputs
+                )
+        except EdgedError:
+            raise
+        except Exception as exc:
+            raise RuntimeFailedError(
+                f"model {model!r} version {handle.version} variant {handle.variant.id} failed "
+                f"on this request: {str(exc)[:500]}"
+            ) from exc
         return Served(
             handle.version, handle.variant.id, select_outputs(model, outputs, requested), lease.cold
         )
@@ -207,7 +254,7 @@ class InferenceService:
         opened.chunks = chunks()
         return opened
 
-    def observe(self, model: str, ok: bool, start_ns: int) -> None:
+    def observe(self, model: str, ok: bool, start_ns: int, version: str = "") -> None:
         """A request to ``model`` ended (started at ``start_ns``, perf_counter_ns): its
         statistics and the request events. Unknown names are not counted (the label set of the
         metrics must not grow with what clients send)."""
@@ -216,7 +263,7 @@ class InferenceService:
             return
         elapsed = time.perf_counter_ns() - start_ns
         slot.stats.record(ok, elapsed)
-        self.events.request_finished(model, ok, elapsed / 1e9)
+        self.events.request_finished(model, version, ok, elapsed / 1e9)
 
     async def _stream(
         self, handle: Handle, inputs: Mapping[str, Array], params: GenerationParams

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from edged.lifecycle.manager import Lifecycle
 from edged.portfolio.portfolio import Portfolio
 from edged.serving.views import Loaded
 
 
 class OperationsService:
-    def __init__(self, portfolio: Portfolio) -> None:
+    def __init__(self, portfolio: Portfolio, lifecycle: Lifecycle | None = None) -> None:
         self.portfolio = portfolio
+        self.lifecycle = lifecycle
+
+    async def repository_load(self, model: str) -> None:
+        """Triton's RepositoryModelLoad: a newer staged version is promoted (the serving one
+        serves until it passes); without one, the serving version is loaded now."""
+        self.portfolio.refresh()
+        if self.lifecycle is not None and self.lifecycle.promote_newest(model):
+            return
+        await self.portfolio.load(model)
 
     def pin(self, model: str, pinned: bool) -> None:
         """A pin holds the resident variant: never evicted, downgraded or swapped."""

@@ -19,6 +19,7 @@ from edged.serving.views import (
 )
 from edged.store.manifest import Variant
 from edged.store.store import version_key
+from edged.store.versions import VersionState
 from edged.tensors import TensorSpec
 
 
@@ -79,12 +80,23 @@ class RepositoryService:
     # -- the index and statistics ---------------------------------------------------------------
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
-        self.portfolio.refresh()
-        return [
-            IndexEntry(name, slot.version, slot.state.index_state, slot.reason)
-            for name, slot in sorted(self.portfolio.slots.items())
-            if not ready_only or slot.ready
-        ]
+        """Every stored version (read-only: nothing here loads or moves a version). A model's
+        serving version comes last among its versions, with the serving state; the others say
+        where they are in their lifecycle (a candidate is LOADING, the rest UNAVAILABLE)."""
+        out = []
+        store = self.portfolio.store
+        for name, slot in sorted(self.portfolio.slots.items()):
+            for version in store.versions(name):
+                if version == slot.version:
+                    continue
+                record = store.record(name, version)
+                state = "LOADING" if record.state is VersionState.CANDIDATE else "UNAVAILABLE"
+                what = f"{record.state}" + (f" ({record.phase})" if record.phase else "")
+                if not ready_only:
+                    out.append(IndexEntry(name, version, state, f"{what}: {record.reason}"))
+            if not ready_only or slot.ready:
+                out.append(IndexEntry(name, slot.version, slot.state.index_state, slot.reason))
+        return out
 
     def statistics(self, name: str = "") -> list[ModelStatistics]:
         names = [name] if name else sorted(self.portfolio.slots)

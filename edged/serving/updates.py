@@ -69,7 +69,8 @@ class UpdateService:
         self.receiver = receiver
         self.events = events
         self.bandwidth = bandwidth
-        self.activated = activated  # called with the model name when its active version moved
+        # Called with the model's name when a version arrived with its promotion requested.
+        self.activated = activated
 
     async def push(self, parts: AsyncIterator[Header | Chunk | None]) -> PushResult:
         """One Push stream: a header, then chunks."""
@@ -107,12 +108,12 @@ class UpdateService:
             raise
         if not await _to_thread_uncancelled(self._finish, update, True):
             return _result(uid, update.manifest, "receiving", update.files())
+        if update.manifest.update is not None and update.manifest.update.activate == "immediate":
+            self.activated(update.manifest.name)
         state = self._state(update.manifest)
         log.info(
             "update %s: %s version %s %s", uid, update.manifest.name, update.manifest.version, state
         )
-        if state == "active":
-            self.activated(update.manifest.name)
         return _result(uid, update.manifest, state, update.files())
 
     def _finish(self, update: Update, apply: bool) -> bool:
@@ -148,8 +149,12 @@ class UpdateService:
             await throttle.account(len(chunk.data))
 
     def _state(self, manifest: Manifest) -> str:
-        active = self.receiver.store.active(manifest.name)
-        return "active" if active == manifest.version else "staged"
+        """``active`` when this version is the committed one, else its lifecycle state (staged,
+        candidate, probation, ...)."""
+        store = self.receiver.store
+        if store.active(manifest.name) == manifest.version:
+            return "active"
+        return str(store.record(manifest.name, manifest.version).state)
 
     async def status(self, uid: str) -> UpdateStatus:
         update = await asyncio.to_thread(self.receiver.find, uid)

@@ -133,3 +133,43 @@ class UpdateStatus:
     model: str = ""
     version: str = ""
     files: tuple[FileProgress, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageView:
+    parent: str
+    teacher: str
+    dataset: str
+    compression: str
+    finetune_dataset: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStateView:
+    """One stored version as the lifecycle sees it."""
+
+    version: str
+    state: str
+    phase: str
+    reason: str
+    serving: bool
+    since: float
+    requested: bool
+    figures: dict[str, float]
+    lineage: LineageView
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageNodeView:
+    version: str
+    parent: str
+    state: str
+    serving: bool
+    changes: tuple[str, ...]
+    lineage: LineageView
+
+
+@dataclasses.dataclass(frozen=True)
+class RolledBack:
+    version: str
+    reason: str

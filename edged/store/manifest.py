@@ -12,6 +12,7 @@ from typing import Any
 
 from edged.errors import ManifestError
 from edged.names import SHA256_RE, check_name, check_relative_file, check_version
+from edged.store.lineage import Lineage, OutputKind, parse_lineage, parse_outputs
 
 FORMATS = ("onnx", "gguf")
 SCHEMA = 1
@@ -85,11 +86,14 @@ class Manifest:
     name: str
     version: str
     created: str
-    lineage: dict[str, Any]
+    lineage: Lineage
     variants: tuple[Variant, ...]
     raw: dict[str, Any]
     warmup: Warmup | None = None
     update: UpdateSection | None = None
+    # How each output compares between versions; outputs not named here are compared as
+    # class scores when the model's signature says so (docs/lifecycle.md), else as tensors.
+    outputs: dict[str, OutputKind] = dataclasses.field(default_factory=dict)
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
@@ -221,9 +225,7 @@ def parse(raw: Any) -> Manifest:
     name = check_name(_get(raw, "name", str, ""), "name")
     version = check_version(_get(raw, "version", str, ""), "version")
     created = str(raw.get("created", ""))
-    lineage = raw.get("lineage", {})
-    if not isinstance(lineage, dict):
-        raise ManifestError("lineage: expected an object")
+    lineage = parse_lineage(raw.get("lineage"))
     variants_raw = _get(raw, "variants", list, "")
     if not variants_raw:
         raise ManifestError("variants: a model version needs at least one variant")
@@ -235,7 +237,8 @@ def parse(raw: Any) -> Manifest:
         seen.add(v.id)
     warmup = _warmup(raw["warmup"]) if "warmup" in raw else None
     update = _update(raw["update"], variants) if "update" in raw else None
-    return Manifest(name, version, created, dict(lineage), variants, raw, warmup, update)
+    outputs = parse_outputs(raw.get("outputs"))
+    return Manifest(name, version, created, lineage, variants, raw, warmup, update, outputs)
 
 
 def _digest(obj: dict[str, Any], key: str, where: str) -> str:

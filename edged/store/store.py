@@ -4,15 +4,17 @@ Layout under the store path::
 
     blobs/sha256/<hex>                 variant files, named by their digest (deduplicated)
     models/<name>/<version>/manifest.json
-    models/<name>/ACTIVE               the version that serves requests
+    models/<name>/<version>/state.json its lifecycle record (store/versions.py)
+    models/<name>/ACTIVE               the committed version, which serves after any restart
     state/validation/<hex>.<fmt>.json  subprocess validation results per blob
     state/crashes.json                 variants that were loading or running when the daemon died
     tmp/                               staging; emptied at every start
 
-Writes go blobs -> manifest -> pointer, each atomic, so a crash at any point leaves at worst an
-unreferenced blob, never a manifest that points at a missing file or a pointer to a missing
-version. The CLI may write while the daemon runs: the daemon re-reads on RepositoryIndex and
-RepositoryModelLoad.
+Writes go blobs -> manifest -> record -> pointer, each atomic, so a crash at any point leaves at
+worst an unreferenced blob, never a manifest that points at a missing file or a pointer to a
+missing version. The CLI may write while the daemon runs: the daemon re-reads the store on SIGHUP
+and RepositoryModelLoad. The first version of a model is committed at once (there is nothing to
+evaluate it against); later ones are staged, and the daemon's lifecycle promotes them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from edged.formats.onnx import external_locations as onnx_external_locations
 from edged.names import check_name, check_version
 from edged.store import atomic
 from edged.store.manifest import Manifest, Variant, loads
+from edged.store.versions import VersionRecord, VersionState
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +101,18 @@ class ModelStore:
             raise NotFoundError(f"model {name!r} has no version {version!r} in the store") from None
 
     def active(self, name: str) -> str | None:
+        """The committed version that serves (after any restart)."""
         try:
             version = (self.models_dir / name / "ACTIVE").read_text().strip()
         except FileNotFoundError:
+            # A store from before the pointer, or a first import cut short before it: the
+            # newest version recorded as committed, else the newest version.
             versions = self.versions(name)
+            for candidate in reversed(versions):
+                state = self.models_dir / name / candidate / "state.json"
+                with contextlib.suppress(OSError, ManifestError):
+                    if VersionRecord.from_json(state.read_text()).state is VersionState.COMMITTED:
+                        return candidate
             return versions[-1] if versions else None
         return version if (self.models_dir / name / version / "manifest.json").is_file() else None
 
@@ -111,6 +122,28 @@ class ModelStore:
         if not (self.models_dir / name / version / "manifest.json").is_file():
             raise NotFoundError(f"model {name!r} has no version {version!r} in the store")
         atomic.write_text(self.models_dir / name / "ACTIVE", version + "\n")
+
+    # -- lifecycle records ----------------------------------------------------------------------
+
+    def record(self, name: str, version: str) -> VersionRecord:
+        """The version's lifecycle record (derived for versions from before the lifecycle)."""
+        path = self.models_dir / name / version / "state.json"
+        try:
+            return VersionRecord.from_json(path.read_text())
+        except FileNotFoundError:
+            pass
+        active = self.active(name)
+        if active is not None and version_key(version) > version_key(active):
+            return VersionRecord(VersionState.STAGED)
+        return VersionRecord(VersionState.COMMITTED)
+
+    def put_record(self, name: str, version: str, record: VersionRecord) -> None:
+        check_name(name)
+        check_version(version)
+        directory = self.models_dir / name / version
+        if not (directory / "manifest.json").is_file():
+            raise NotFoundError(f"model {name!r} has no version {version!r} in the store")
+        atomic.write_text(directory / "state.json", record.to_json())
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / digest
@@ -133,8 +166,6 @@ class ModelStore:
             raise ManifestError(f"{src}: no manifest.json in this directory") from None
         if self.has_version(manifest):
             log.info("%s version %s is already in the store", manifest.name, manifest.version)
-            if activate:
-                self.set_active(manifest.name, manifest.version)
             return manifest
         staged: list[tuple[Path, Variant]] = []
         try:
@@ -160,18 +191,34 @@ class ModelStore:
 
     def add_version(self, manifest: Manifest, *, activate: bool) -> None:
         """Register a version whose blobs are all in the store (the last step of an import or
-        an update): manifest first, then, if asked, the active pointer."""
+        an update): manifest, then its record. The first version of a model is committed and
+        becomes ACTIVE; a later one is staged, its promotion requested when ``activate``."""
         for variant in manifest.variants:
             if not self.blob_path(variant.sha256).is_file():
                 raise StoreError(
                     f"variants[{variant.id}]: blob {variant.sha256} is not in the store"
                 )
+        parent = manifest.lineage.parent
+        if parent is not None and parent not in self.versions(manifest.name):
+            raise ManifestError(
+                f"lineage.parent: model {manifest.name!r} has no version {parent!r} in the store "
+                "(import the parent first, or set parent to null)"
+            )
+        first = self.active(manifest.name) is None
         path = self.models_dir / manifest.name / manifest.version / "manifest.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, manifest.to_json())
         atomic.fsync_dir(path.parent.parent)
-        if activate:
+        if first:
+            self.put_record(manifest.name, manifest.version, VersionRecord(VersionState.COMMITTED))
             self.set_active(manifest.name, manifest.version)
+        else:
+            record = VersionRecord(VersionState.STAGED).moved(
+                VersionState.STAGED,
+                "promotion requested" if activate else "staged: `edged activate` promotes it",
+                requested=activate,
+            )
+            self.put_record(manifest.name, manifest.version, record)
 
     def has_version(self, manifest: Manifest) -> bool:
         """True when this exact manifest is already registered (versions are immutable)."""

@@ -143,7 +143,9 @@ def test_push_patch_activates_and_serves_the_new_version(
             check=False,
         )
         assert cli.returncode == 0, cli.stderr
-        assert f"{MODEL} version 2: active" in cli.stdout
+        # Applied, and its promotion started: the committed version serves until it passes.
+        assert f"{MODEL} version 2: candidate" in cli.stdout
+        wait_for(lambda: ModelStore(daemon.store).active(MODEL) == "2", 120, "the promotion")
         assert served_version(daemon.unix_url) == "2"
         values = scrape(metrics_port)
         assert values["edged_update_bytes_received_total"] == transfers["fp32"]["size"]
@@ -281,8 +283,8 @@ def test_a_dropped_push_resumes_where_it_stopped(world: dict[str, Any], tmp_path
             stub = upb_grpc.UpdatesStub(channel)
             assert status_held() == held
         result = push(daemon.tcp_url, update)
-        assert result.state == "active"
-        assert served_version(daemon.unix_url) == "2"
+        assert result.state == "candidate"
+        wait_for(lambda: served_version(daemon.unix_url) == "2", 120, "the promotion")
         assert received_bytes(metrics_port) == total - held, "the second push re-sent held bytes"
     finally:
         daemon.stop()
@@ -311,7 +313,6 @@ def test_kill_9_during_push_and_apply_keeps_the_store_consistent(
                 world["root"] / "controller.key",
                 activate="immediate" if trial % 2 else "manual",
             )
-            before = ModelStore(store).active(MODEL)
 
             def run(update: Path = update) -> None:
                 # The kill interrupts the push: any outcome is fine here.
@@ -324,13 +325,18 @@ def test_kill_9_during_push_and_apply_keeps_the_store_consistent(
             daemon.kill()
             thread.join(30)
             daemon.start()
-            assert ModelStore(store).active(MODEL) in (before, version)
+            # A committed version serves (promotions of earlier trials may be interrupted too:
+            # they start again, the committed one serving meanwhile).
+            committed = ModelStore(store).active(MODEL)
+            assert committed is not None
+            assert ModelStore(store).record(MODEL, committed).state == "committed"
             assert not any((store / "tmp").iterdir()), "staging leftovers after recovery"
             store_is_consistent(store)
-            assert served_version(daemon.unix_url) == ModelStore(store).active(MODEL)
+            assert served_version(daemon.unix_url) == committed
             outcomes.append(interrupted_at(daemon.tcp_url, update, store, version))
             result = push(daemon.tcp_url, update)
-            assert result.state in ("active", "staged") and result.version == version
+            assert result.version == version
+            assert result.state in ("active", "staged", "candidate", "probation", "rejected")
             versions.append(version)
     finally:
         daemon.stop()
@@ -384,8 +390,8 @@ def test_tls_and_mutual_tls_on_the_tcp_listener(world: dict[str, Any], tmp_path:
         )
         with grpc.secure_channel(address, mutual) as channel:
             result = client.push(channel, manifest, files, retries=0)
-        assert result.state == "active"
+        assert result.state == "candidate"
         # On-device clients keep the unix socket, without TLS.
-        assert served_version(daemon.unix_url) == "2"
+        wait_for(lambda: served_version(daemon.unix_url) == "2", 120, "the promotion")
     finally:
         daemon.stop()

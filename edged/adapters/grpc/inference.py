@@ -68,7 +68,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The hot path, bytes in and bytes out (registered without protobuf (de)serializers,
         see wire.py). Errors are mapped here rather than by @mapped_errors: one coroutine less."""
         start = time.perf_counter_ns()
-        model = ""
+        model = version = ""
         ok = False
         try:
             known = self._templates.match(body)
@@ -90,15 +90,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
                 # Learned only once served: the model exists and the request was valid.
                 self._templates.learn(body, request, inputs, requested, params)
+            version = served.version
             reply = wire.infer_response(
-                model, served.version, served.variant, request_id, served.outputs, served.cold
+                model, version, served.variant, request_id, served.outputs, served.cold
             )
             ok = True
             return reply
         except Exception as exc:
             await abort(context, exc, "ModelInfer")
         finally:
-            self.inference.observe(model, ok, start)
+            self.inference.observe(model, ok, start, version)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -205,7 +206,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
-        await self.operations.load(request.model_name)
+        await self.operations.repository_load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @mapped_errors

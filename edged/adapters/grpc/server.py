@@ -14,11 +14,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edged.adapters.grpc.inference import InferenceServicer
+from edged.adapters.grpc.lifecycle_service import LifecycleServicer
 from edged.adapters.grpc.portfolio_service import PortfolioServicer
 from edged.adapters.grpc.updates_service import UpdatesServicer
 from edged.api import (
     inference_pb2,
     inference_pb2_grpc,
+    lifecycle_pb2,
+    lifecycle_pb2_grpc,
     portfolio_pb2,
     portfolio_pb2_grpc,
     updates_pb2,
@@ -34,6 +37,7 @@ SERVICES = (
     inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     portfolio_pb2.DESCRIPTOR.services_by_name["Portfolio"].full_name,
     updates_pb2.DESCRIPTOR.services_by_name["Updates"].full_name,
+    lifecycle_pb2.DESCRIPTOR.services_by_name["Lifecycle"].full_name,
 )
 
 
@@ -50,6 +54,10 @@ class GrpcServer:
         )
         add_inference_service(InferenceServicer(serving), self.server)
         portfolio_pb2_grpc.add_PortfolioServicer_to_server(PortfolioServicer(serving), self.server)
+        if serving.lifecycle is not None:
+            lifecycle_pb2_grpc.add_LifecycleServicer_to_server(
+                LifecycleServicer(serving.lifecycle), self.server
+            )
         if serving.updates is not None:
             updates_pb2_grpc.add_UpdatesServicer_to_server(
                 UpdatesServicer(serving.updates), self.server

@@ -19,19 +19,19 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def test_requests_latency_and_quality_as_prometheus_sees_them() -> None:
     metrics = Metrics()
-    a = metrics.for_model("a")
-    a.record(True, 0.0005)  # exactly on a bound: "le" buckets are inclusive
-    a.record(True, 0.003)
-    a.record(True, 20.0)  # beyond the last bound: only +Inf
-    a.record(False, 1.0)  # failures are counted, not timed
-    metrics.for_model("b")
-    metrics.served_quality(0.5)
-    metrics.served_quality(1.0)
+    metrics.request_finished("a", "1", True, 0.0005)  # on a bound: "le" buckets are inclusive
+    metrics.request_finished("a", "1", True, 0.003)
+    metrics.request_finished("a", "2", True, 20.0)  # beyond the last bound: only +Inf
+    metrics.request_finished("a", "", False, 1.0)  # failures are counted, not timed
+    metrics.request_finished("b", "1", False, 0.1)
+    metrics.served("a", 0.5)
+    metrics.served("b", 1.0)
 
     s = _samples(metrics)
-    assert s[("edged_requests_total", (("code", "ok"), ("model", "a")))] == 3
-    assert s[("edged_requests_total", (("code", "error"), ("model", "a")))] == 1
-    assert s[("edged_requests_total", (("code", "ok"), ("model", "b")))] == 0
+    assert s[("edged_requests_total", (("code", "ok"), ("model", "a"), ("version", "1")))] == 2
+    assert s[("edged_requests_total", (("code", "ok"), ("model", "a"), ("version", "2")))] == 1
+    assert s[("edged_requests_total", (("code", "error"), ("model", "a"), ("version", "")))] == 1
+    assert s[("edged_requests_total", (("code", "ok"), ("model", "b"), ("version", "1")))] == 0
 
     def bucket(le: str) -> float:
         return s[("edged_request_seconds_bucket", (("le", le), ("model", "a")))]

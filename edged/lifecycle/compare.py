@@ -1,0 +1,94 @@
+"""Comparing two versions' answers to the same request, output by output, in the way that fits
+each output's kind (declared in the manifest where the model cannot tell):
+
+- class_scores (logits or probabilities over classes): the top-1 class of each row agrees;
+- tensor: the largest absolute difference over the reference's largest magnitude is within the
+  declared tolerance (1% by default);
+- text (generation): the greedy tokens agree (compared as the generated text, which for greedy
+  decoding is the token sequence).
+
+A request agrees when every output agrees. ``confidence`` is the top-1 probability of each row of
+class scores: what probation watches for drift (issue 14 builds on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edged.store.lineage import OutputKind
+from edged.tensors import Array, TensorSpec
+
+_CLASS_HINTS = ("logit", "prob", "score", "class")
+
+
+def output_kinds(
+    declared: Mapping[str, OutputKind], outputs: Sequence[TensorSpec]
+) -> dict[str, OutputKind]:
+    """Each output's kind: as declared, else class scores for a float output of rank 2 whose name
+    says so (logits, probs, scores, classes), text for BYTES, a tensor otherwise."""
+    kinds = {}
+    for spec in outputs:
+        if spec.name in declared:
+            kinds[spec.name] = declared[spec.name]
+        elif spec.datatype == "BYTES":
+            kinds[spec.name] = OutputKind("text")
+        elif (
+            spec.datatype in ("FP32", "FP16", "FP64")
+            and len(spec.shape) == 2
+            and any(h in spec.name.lower() for h in _CLASS_HINTS)
+        ):
+            kinds[spec.name] = OutputKind("class_scores")
+        else:
+            kinds[spec.name] = OutputKind("tensor")
+    return kinds
+
+
+def agree(kind: OutputKind, reference: Array, candidate: Array) -> bool:
+    if reference.shape != candidate.shape:
+        return False
+    if kind.kind == "class_scores":
+        return bool(np.array_equal(reference.argmax(axis=-1), candidate.argmax(axis=-1)))
+    if kind.kind == "text":
+        return bool(np.array_equal(reference, candidate))
+    ref = reference.astype(np.float64, copy=False)
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    diff = (
+        float(np.max(np.abs(ref - candidate.astype(np.float64, copy=False)))) if ref.size else 0.0
+    )
+    return diff <= kind.tolerance * max(scale, 1e-12)
+
+
+def requests_agree(
+    kinds: Mapping[str, OutputKind], reference: Mapping[str, Array], candidate: Mapping[str, Array]
+) -> bool:
+    """Whether the candidate's answer agrees with the reference's on every output both have."""
+    for name, kind in kinds.items():
+        if name not in reference:
+            continue
+        if name not in candidate or not agree(kind, reference[name], candidate[name]):
+            return False
+    return True
+
+
+def softmax_top1(scores: Array) -> Array:
+    """Top-1 probability of each row: of a softmax when the rows are logits, of the row itself
+    when it already is a distribution (non-negative, summing to 1)."""
+    rows = np.asarray(scores, dtype=np.float64).reshape(-1, scores.shape[-1])
+    sums = rows.sum(axis=-1)
+    if np.all(rows >= 0) and np.allclose(sums, 1.0, atol=1e-3):
+        return np.asarray(rows.max(axis=-1))
+    shifted = rows - rows.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(1.0 / exp.sum(axis=-1))  # the top class's exp(0) over the sum
+
+
+def confidence(kinds: Mapping[str, OutputKind], outputs: Mapping[str, Array]) -> list[float]:
+    """Per row, the top-1 probability of the first class-score output (empty when none)."""
+    for name, kind in kinds.items():
+        if kind.kind == "class_scores" and name in outputs:
+            array = outputs[name]
+            if array.ndim >= 1 and array.shape[-1] >= 2:
+                return [float(x) for x in softmax_top1(array)]
+    return []

@@ -1,0 +1,140 @@
+"""Probation: the window after the flip in which a new version is watched and taken back at the
+first sign of a regression (docs/lifecycle.md).
+
+Watched: runtime errors (each one answered by the previous version kept warm, so no request
+fails), live latency against the figures the gate measured, and the drift of the top-1
+confidence of its answers against the previous version's, measured on the same recent traffic
+(PSI, with the Kolmogorov-Smirnov statistic beside it). Crashes are the crash journal's: a daemon
+that died while the new version served comes back serving the committed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from edged.lifecycle.compare import confidence
+from edged.lifecycle.statistics import Outcome, ks_statistic, percentiles, psi
+from edged.portfolio.slot import Handle
+from edged.settings import LifecycleSettings
+from edged.store.lineage import OutputKind
+from edged.tensors import Array
+
+MIN_ERROR_REQUESTS = 20  # requests before an error *rate* is judged (3 errors fail at once)
+MAX_ERRORS = 3
+MIN_LATENCY_SAMPLES = 50
+MIN_DRIFT_SAMPLES = 50
+CONFIDENCE_EVERY = 4  # one answer in this many has its confidence noted
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    reason: str = ""
+    kind: str = ""  # errors | latency | drift (the rollbacks metric's label)
+    figures: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Probation:
+    """An Observer of the new version's live requests."""
+
+    def __init__(
+        self,
+        handle: Handle,
+        kinds: Mapping[str, OutputKind],
+        baseline: Sequence[float],
+        gate_p99_ms: float | None,
+        settings: LifecycleSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.handle = handle
+        self.kinds = dict(kinds)
+        self.baseline = list(baseline)
+        self.gate_p99_ms = gate_p99_ms
+        self.settings = settings
+        self.clock = clock
+        self.started = clock()
+        self.served_count = 0
+        self.errors = 0
+        self.first_error = ""
+        self.latencies_ms: list[float] = []
+        self.confidences: list[float] = []
+        self._loop = asyncio.get_running_loop()
+
+    # -- Observer (the request path) -------------------------------------------------------------
+
+    def served(
+        self, handle: Handle, inputs: Mapping[str, Array], outputs: dict[str, Array], ns: int
+    ) -> None:
+        if handle is not self.handle:
+            return  # answered by the previous version (a fallback)
+        self.served_count += 1
+        self.latencies_ms.append(ns / 1e6)
+        if self.served_count % CONFIDENCE_EVERY == 0 and self.baseline:
+            # After the response is on its way, not before.
+            self._loop.call_soon(self._note_confidence, outputs)
+
+    def failed(self, handle: Handle, error: BaseException) -> None:
+        if handle is not self.handle:
+            return
+        self.served_count += 1
+        self.errors += 1
+        self.first_error = self.first_error or str(error)[:300]
+
+    def _note_confidence(self, outputs: dict[str, Array]) -> None:
+        self.confidences.extend(confidence(self.kinds, outputs))
+
+    # -- the verdict -----------------------------------------------------------------------------
+
+    def verdict(self) -> Verdict:
+        s = self.settings
+        n = self.served_count
+        if self.errors >= MAX_ERRORS or (
+            n >= MIN_ERROR_REQUESTS and self.errors / n > s.probation_max_error_rate
+        ):
+            return Verdict(
+                Outcome.FAIL,
+                f"runtime errors on {self.errors} of {n} requests in probation "
+                f"(first: {self.first_error}); each was answered by the previous version",
+                "errors",
+                {"probation_errors": float(self.errors), "probation_requests": float(n)},
+            )
+        if self.gate_p99_ms and len(self.latencies_ms) >= MIN_LATENCY_SAMPLES:
+            p99 = percentiles(self.latencies_ms[-1000:])[2]
+            limit = self.gate_p99_ms * s.probation_latency_factor
+            # Live requests include the protocol around the run; 1 ms of it is not the model's.
+            if p99 > limit + 1.0:
+                return Verdict(
+                    Outcome.FAIL,
+                    f"live p99 {p99:.2f} ms over {s.probation_latency_factor:g} x the gate's "
+                    f"{self.gate_p99_ms:.2f} ms",
+                    "latency",
+                    {"probation_p99_ms": p99},
+                )
+        if (
+            len(self.confidences) >= MIN_DRIFT_SAMPLES
+            and len(self.baseline) >= MIN_DRIFT_SAMPLES // 2
+        ):
+            shift = psi(self.baseline, self.confidences)
+            if shift > s.probation_max_psi:
+                ks = ks_statistic(self.baseline, self.confidences)
+                return Verdict(
+                    Outcome.FAIL,
+                    f"output drift: PSI {shift:.3f} of the top-1 confidence over "
+                    f"{len(self.confidences)} answers against the previous version's "
+                    f"(limit {s.probation_max_psi:g}; KS {ks:.3f})",
+                    "drift",
+                    {"probation_psi": shift, "probation_ks": ks},
+                )
+        elapsed = self.clock() - self.started
+        if elapsed >= s.probation_seconds and (
+            n >= s.probation_requests or elapsed >= 2 * s.probation_seconds
+        ):
+            return Verdict(
+                Outcome.PASS,
+                f"{n} requests over {elapsed:.0f} s in probation, {self.errors} errors",
+                figures={"probation_requests": float(n)},
+            )
+        return Verdict(Outcome.UNDECIDED)

@@ -1,0 +1,353 @@
+"""One promotion: a staged version through validation, loading, the latency gate, the shadow
+comparison, the flip and probation, to committed, rejected or rolled back (docs/lifecycle.md).
+
+Everything here runs off the request path: probes in subprocesses, loads and measurements on the
+background threads at nice 10, comparisons on the lifecycle's thread. The request path only sees
+the flip (one step) and the observers it calls (a counter and, for sampled requests, a hand-off).
+Each step's state is written to the store first, so a restart knows where a promotion was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from edged.errors import EdgedError
+from edged.events import Events
+from edged.lifecycle import gate
+from edged.lifecycle.compare import output_kinds
+from edged.lifecycle.probation import Probation
+from edged.lifecycle.shadow import Shadow
+from edged.lifecycle.statistics import AgreementTest, Outcome
+from edged.portfolio.portfolio import NoRoomError, Portfolio
+from edged.portfolio.slot import Handle
+from edged.runtime.base import warmup_inputs
+from edged.settings import Settings
+from edged.store.lineage import OutputKind
+from edged.store.manifest import Manifest
+from edged.store.store import ModelStore
+from edged.store.versions import Phase, VersionRecord, VersionState
+from edged.tensors import Array
+
+log = logging.getLogger(__name__)
+
+# How often a running shadow or probation is looked at.
+POLL_SECONDS = 0.1
+
+
+@dataclasses.dataclass
+class Context:
+    """What a promotion works with (the lifecycle manager's)."""
+
+    portfolio: Portfolio
+    store: ModelStore
+    settings: Settings
+    events: Events
+    pool: Executor  # the lifecycle's background thread (nice 10)
+    clock: Callable[[], float] = time.monotonic
+
+
+class Promotion:
+    def __init__(self, ctx: Context, name: str, version: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.version = version
+        self.manifest: Manifest = ctx.store.manifest(name, version)
+        self.record = ctx.store.record(name, version)
+        self.lifecycle = ctx.settings.lifecycle
+        self.mode = ctx.settings.promotion(name)
+        self.on_insufficient = ctx.settings.on_insufficient_traffic(name)
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def _move(
+        self,
+        state: VersionState,
+        reason: str = "",
+        *,
+        phase: Phase = Phase.NONE,
+        figures: dict[str, float] | None = None,
+    ) -> None:
+        self.record = self.record.moved(state, reason, phase=phase, figures=figures)
+        self.ctx.store.put_record(self.name, self.version, self.record)
+        if state is not VersionState.CANDIDATE:
+            log.info(
+                "%s version %s: %s%s",
+                self.name,
+                self.version,
+                state,
+                f" ({reason})" if reason else "",
+            )
+
+    def _phase(self, phase: Phase, reason: str = "") -> None:
+        self._move(VersionState.CANDIDATE, reason or str(phase), phase=phase)
+
+    def _finish(
+        self, state: VersionState, reason: str, outcome: str, **figures: float
+    ) -> VersionRecord:
+        self._move(state, reason, figures=figures or None)
+        self.ctx.events.promotion_finished(self.name, outcome)
+        return self.record
+
+    # -- the pipeline ----------------------------------------------------------------------------
+
+    async def run(self) -> VersionRecord:
+        portfolio = self.ctx.portfolio
+        slot = portfolio.slot(self.name)
+        if slot.version == self.version:
+            return self._finish(VersionState.COMMITTED, "already serving", "committed")
+        if self.mode == "direct":
+            return await self._direct()
+        self._phase(Phase.VALIDATING)
+        try:
+            await portfolio.costs.usable(self.manifest)
+        except EdgedError as exc:
+            return self._finish(VersionState.REJECTED, f"validation: {exc.message}", "rejected")
+        incumbent = await self._incumbent()
+        if self.mode == "availability":
+            self._phase(Phase.LOADING)
+            try:
+                candidate = await portfolio.load_beside(self.name, self.manifest)
+            except NoRoomError as exc:
+                log.info("%s: %s; swapping in place (resource-preserving)", self.name, exc.message)
+                return await self._in_place(incumbent)
+            except EdgedError as exc:
+                return self._finish(VersionState.REJECTED, f"load: {exc.message}", "rejected")
+            return await self._beside(candidate, incumbent)
+        return await self._in_place(incumbent)
+
+    async def _incumbent(self) -> Handle | None:
+        """The serving version, loaded if it is not (it is what the candidate is compared to)."""
+        slot = self.ctx.portfolio.slot(self.name)
+        if slot.handle is None:
+            try:
+                await self.ctx.portfolio.ensure_ready(slot, wait=False)
+            except EdgedError as exc:
+                log.info("%s: the serving version is not resident (%s)", self.name, exc.message)
+        return slot.current()
+
+    def _kinds(self, handle: Handle) -> dict[str, OutputKind]:
+        return output_kinds(self.manifest.outputs, handle.runtime.outputs)
+
+    def _gate_inputs(self, candidate: Handle) -> list[dict[str, Array]]:
+        """Recent requests when there are some, else the manifest's warm-up sample."""
+        samples = list(self.ctx.portfolio.slot(self.name).reservoir.samples)
+        if samples:
+            return samples
+        return [warmup_inputs(candidate.runtime.inputs, self.manifest.warmup)]
+
+    async def _gate(
+        self, candidate: Handle, incumbent: Handle | None, quick: bool = False
+    ) -> gate.GateResult:
+        """``quick``: stop at the minimum sample (requests are waiting)."""
+        if not quick:
+            self._phase(Phase.GATING)
+        inputs = self._gate_inputs(candidate)
+        kinds = self._kinds(candidate)
+        held = [h for h in (candidate, incumbent) if h is not None]
+        for h in held:
+            h.acquire()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.ctx.pool,
+                gate.measure,
+                candidate,
+                incumbent,
+                inputs,
+                kinds,
+                self.lifecycle.gate_min_samples,
+                self.lifecycle.gate_max_seconds,
+                time.monotonic,
+                0.0 if quick else gate.EXTRA_SECONDS,
+            )
+        finally:
+            for h in held:
+                h.release()
+
+    def _insufficient(self, what: str) -> str:
+        """The policy for an inconclusive gate or shadow: promote, hold or reject."""
+        return f"{what}; policy on_insufficient_traffic = {self.on_insufficient}"
+
+    async def _beside(self, candidate: Handle, incumbent: Handle | None) -> VersionRecord:
+        """The availability-preserving promotion: the candidate was loaded beside the serving
+        version; measure it, shadow it, flip, watch it."""
+        portfolio = self.ctx.portfolio
+        self._phase(Phase.WARMING)
+        result = await self._gate(candidate, incumbent)
+        figures = result.figures()
+        if result.outcome is Outcome.FAIL or (
+            result.outcome is Outcome.INCONCLUSIVE and self.on_insufficient == "reject"
+        ):
+            await portfolio.release(self.name, "candidate")
+            return self._finish(VersionState.REJECTED, result.reason, "rejected", **figures)
+        if result.outcome is Outcome.INCONCLUSIVE and self.on_insufficient == "hold":
+            await portfolio.release(self.name, "candidate")
+            return self._hold(self._insufficient(result.reason), figures)
+        self.record = self.record.moved(
+            VersionState.CANDIDATE, result.reason, phase=Phase.GATING, figures=figures
+        )
+        baseline = list(result.incumbent_confidence)
+        if incumbent is not None:
+            shadow = await self._shadow(candidate, incumbent)
+            figures.update(
+                shadow_samples=float(shadow.test.samples), shadow_agreement=shadow.test.rate
+            )
+            outcome = shadow.test.outcome
+            baseline += shadow.incumbent_confidence
+            if outcome is Outcome.FAIL:
+                await portfolio.release(self.name, "candidate")
+                wanted = self.lifecycle.shadow_agreement
+                reason = (
+                    f"shadow: agreement {shadow.test.rate:.1%} with the serving version on "
+                    f"{shadow.test.samples} mirrored requests (wanted {wanted:.0%})"
+                    + (f"; first error: {shadow.first_error}" if shadow.first_error else "")
+                )
+                return self._finish(VersionState.REJECTED, reason, "rejected", **figures)
+            if outcome is not Outcome.PASS:
+                what = (
+                    f"shadow inconclusive: {shadow.test.samples} mirrored requests in "
+                    f"{self.lifecycle.shadow_max_seconds:g} s (agreement {shadow.test.rate:.1%})"
+                )
+                if self.on_insufficient == "reject":
+                    await portfolio.release(self.name, "candidate")
+                    return self._finish(
+                        VersionState.REJECTED, self._insufficient(what), "rejected", **figures
+                    )
+                if self.on_insufficient == "hold":
+                    await portfolio.release(self.name, "candidate")
+                    return self._hold(self._insufficient(what), figures)
+        self._move(VersionState.PROBATION, "serving; on probation", figures=figures)
+        await portfolio.flip(
+            self.name,
+            f"serving version {self.version} ({candidate.variant.id}), on probation",
+            self.lifecycle.keep_previous_warm,
+        )
+        return await self._probation(candidate, baseline, result)
+
+    async def _shadow(self, candidate: Handle, incumbent: Handle) -> Shadow:
+        self._phase(Phase.SHADOWING)
+        s = self.lifecycle
+        test = AgreementTest(
+            good=s.shadow_agreement,
+            bad=max(s.shadow_agreement - 0.04, 0.5),
+            min_samples=s.shadow_min_samples,
+        )
+        shadow = Shadow(
+            candidate,
+            self._kinds(candidate),
+            test,
+            s.shadow_share,
+            self.ctx.pool,
+            random.Random(hash((self.name, self.version))),
+        )
+        slot = self.ctx.portfolio.slot(self.name)
+        slot.observer = shadow
+        deadline = self.ctx.clock() + s.shadow_max_seconds
+        try:
+            while test.outcome is Outcome.UNDECIDED and self.ctx.clock() < deadline:
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            slot.observer = None
+            await shadow.drained()
+        return shadow
+
+    async def _probation(
+        self, handle: Handle, baseline: list[float], result: gate.GateResult
+    ) -> VersionRecord:
+        slot = self.ctx.portfolio.slot(self.name)
+        watch = Probation(
+            handle,
+            self._kinds(handle),
+            baseline,
+            result.candidate_ms[2] if result.samples else None,
+            self.lifecycle,
+            self.ctx.clock,
+        )
+        slot.observer = watch
+        try:
+            while (verdict := watch.verdict()).outcome is Outcome.UNDECIDED:
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            slot.observer = None
+        if verdict.outcome is Outcome.PASS:
+            return await self._commit(verdict.reason, verdict.figures)
+        return await self._roll_back(verdict.reason, verdict.kind, verdict.figures)
+
+    async def _commit(self, reason: str, figures: dict[str, float]) -> VersionRecord:
+        # The pointer is the commit record: moved first, so a crash right after it leaves the
+        # version serving and committed (recovery fixes its record).
+        self.ctx.store.set_active(self.name, self.version)
+        record = self._finish(VersionState.COMMITTED, reason, "committed", **figures)
+        await self.ctx.portfolio.release(self.name, "previous")
+        return record
+
+    async def _roll_back(self, reason: str, kind: str, figures: dict[str, float]) -> VersionRecord:
+        """Serve the committed version again: at once when it was kept warm, else loaded beside
+        (or in place) first, then flipped to: a gapless swap either way."""
+        portfolio = self.ctx.portfolio
+        committed = self.ctx.store.active(self.name)
+        started = self.ctx.clock()
+        if not await portfolio.flip_back(self.name, f"rolled back from version {self.version}"):
+            assert committed is not None
+            manifest = self.ctx.store.manifest(self.name, committed)
+            try:
+                await portfolio.load_beside(self.name, manifest)
+                await portfolio.flip(self.name, f"rolled back from version {self.version}", False)
+            except NoRoomError:
+                await portfolio.swap_in_place(
+                    self.name, manifest, f"rolled back from version {self.version}"
+                )
+        self.ctx.events.rolled_back(self.name, kind)
+        figures = {**figures, "rollback_seconds": self.ctx.clock() - started}
+        return self._finish(VersionState.ROLLED_BACK, reason, "rolled_back", **figures)
+
+    def _hold(self, reason: str, figures: dict[str, float]) -> VersionRecord:
+        self._move(
+            VersionState.STAGED, f"held: {reason}; `edged activate` retries", figures=figures
+        )
+        self.ctx.events.promotion_finished(self.name, "held")
+        return self.record
+
+    async def _in_place(self, incumbent: Handle | None) -> VersionRecord:
+        """The resource-preserving promotion: the serving version is measured on recent
+        requests, then released; the candidate is loaded in its room and measured the same way
+        while requests wait in a bounded queue (briefly: the gate stops at its minimum sample
+        here); it serves if it passes, else the old version is loaded again. No shadow: the two
+        never coexist."""
+        portfolio = self.ctx.portfolio
+        result: gate.GateResult | None = None
+
+        async def check(handle: Handle) -> str | None:
+            nonlocal result
+            self._phase(Phase.GATING, "gating in place (resource-preserving)")
+            result = await self._gate(handle, None, quick=True)
+            if result.outcome is Outcome.FAIL or (
+                result.outcome is Outcome.INCONCLUSIVE and self.on_insufficient != "promote"
+            ):
+                return result.reason
+            return None
+
+        self._phase(Phase.LOADING, "swapping in place (resource-preserving)")
+        try:
+            handle = await portfolio.swap_in_place(
+                self.name, self.manifest, f"serving version {self.version}, on probation", check
+            )
+        except EdgedError as exc:
+            figures = result.figures() if result is not None else {}
+            return self._finish(VersionState.REJECTED, exc.message, "rejected", **figures)
+        assert result is not None
+        self._move(VersionState.PROBATION, "serving; on probation", figures=result.figures())
+        return await self._probation(handle, [], result)
+
+    async def _direct(self) -> VersionRecord:
+        """No evaluation: the version serves from the next request (labs, benchmarks)."""
+        self.ctx.store.set_active(self.name, self.version)
+        self.ctx.portfolio.serve_version(self.name, self.manifest)
+        return self._finish(
+            VersionState.COMMITTED, "activated directly (lifecycle mode direct)", "committed"
+        )
