@@ -116,12 +116,15 @@ def measure(
                     candidate.variant.latency_ms,
                 )
             took = (time.perf_counter() - began) * 1e3
+            first_pass = i < len(inputs)  # confidences once per distinct input, not per run
             if who == "candidate":
                 cand_ms.append(took)
-                cand_conf.extend(confidence(kinds, outputs))
+                if first_pass:
+                    cand_conf.extend(confidence(kinds, outputs))
             else:
                 inc_ms.append(took)
-                inc_conf.extend(confidence(kinds, outputs))
+                if first_pass:
+                    inc_conf.extend(confidence(kinds, outputs))
         i += 1
     return decide(
         candidate.variant.latency_ms,

@@ -157,6 +157,7 @@ class Lifecycle:
             raise
         except Exception as exc:
             log.exception("promotion of %s version %s failed", name, version)
+            await self._restore(name)
             record = self.store.record(name, version).moved(
                 VersionState.REJECTED, f"promotion failed: {exc}"
             )
@@ -168,6 +169,25 @@ class Lifecycle:
             following = self._next.pop(name, None)
             if following is not None:
                 self._start(name, following)
+
+    async def _restore(self, name: str) -> None:
+        """After a promotion broke off: no candidate left loaded, and the committed version
+        serves again if the new one had been flipped to."""
+        slot = self.portfolio.slot(name)
+        slot.observer = None
+        with contextlib.suppress(EdgedError):
+            await self.portfolio.release(name, "candidate")
+        committed = self.store.active(name)
+        if committed is None or slot.version == committed:
+            return
+        if await self.portfolio.flip_back(name, "the promotion broke off"):
+            return
+        manifest = self.store.manifest(name, committed)
+        try:
+            await self.portfolio.load_beside(name, manifest)
+            await self.portfolio.flip(name, "the promotion broke off", False)
+        except NoRoomError:
+            await self.portfolio.swap_in_place(name, manifest, "the promotion broke off")
 
     def running(self, name: str) -> asyncio.Task[VersionRecord] | None:
         return self._running.get(name)

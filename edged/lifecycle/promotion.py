@@ -264,7 +264,7 @@ class Promotion:
             handle,
             self._kinds(handle),
             baseline,
-            result.candidate_ms[2] if result.samples else None,
+            result.candidate_ms if result.samples else None,
             self.lifecycle,
             self.ctx.clock,
         )
