@@ -46,6 +46,7 @@ class Probation:
         kinds: Mapping[str, OutputKind],
         baseline: Sequence[float],
         gate_ms: tuple[float, float, float] | None,
+        live_baseline_ms: Sequence[float],
         settings: LifecycleSettings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -53,6 +54,9 @@ class Probation:
         self.kinds = dict(kinds)
         self.baseline = list(baseline)
         self.gate_ms = gate_ms
+        # The previous version's live latency on the same traffic just before the flip (the
+        # shadow phase's); without it, the gate's run times.
+        self.live_baseline = percentiles(live_baseline_ms) if len(live_baseline_ms) >= 50 else None
         self._began = time.perf_counter()
         self.settings = settings
         self.clock = clock
@@ -91,6 +95,16 @@ class Probation:
 
     # -- the verdict -----------------------------------------------------------------------------
 
+    def _latency_reference(
+        self,
+    ) -> tuple[tuple[float, float, float] | None, str, tuple[float, float]]:
+        """What live latency is compared to, and the slack (p50, p99) on top of the factor.
+        Against the previous version's live requests: a little (the same path around the
+        run); against the gate's bare run times: more (the protocol and the event loop)."""
+        if self.live_baseline is not None:
+            return self.live_baseline, "the previous version's live requests", (1.0, 10.0)
+        return self.gate_ms, "the gate's run times", (5.0, 25.0)
+
     def verdict(self) -> Verdict:
         s = self.settings
         n = self.served_count
@@ -104,21 +118,19 @@ class Probation:
                 "errors",
                 {"probation_errors": float(self.errors), "probation_requests": float(n)},
             )
-        if self.gate_ms is not None and len(self.latencies_ms) >= MIN_LATENCY_SAMPLES:
+        reference, against, slacks = self._latency_reference()
+        if reference is not None and len(self.latencies_ms) >= MIN_LATENCY_SAMPLES:
             p50, _, p99 = percentiles(self.latencies_ms[-1000:])
             factor = s.probation_latency_factor
-            # Live requests carry the protocol and the event loop around the run: a median
-            # that grows by more than the factor plus 1 ms, or a tail by more than the factor
-            # plus 10 ms, is the version's doing, not the machine's noise.
-            for label, live, gated, slack in (
-                ("p50", p50, self.gate_ms[0], 1.0),
-                ("p99", p99, self.gate_ms[2], 10.0),
+            for label, live, before, slack in (
+                ("p50", p50, reference[0], slacks[0]),
+                ("p99", p99, reference[2], slacks[1]),
             ):
-                if live > gated * factor + slack:
+                if live > before * factor + slack:
                     return Verdict(
                         Outcome.FAIL,
-                        f"live {label} {live:.2f} ms over {factor:g} x the gate's {gated:.2f} ms "
-                        f"(+{slack:g} ms)",
+                        f"live {label} {live:.2f} ms over {factor:g} x {against}'s "
+                        f"{before:.2f} ms (+{slack:g} ms)",
                         "latency",
                         {f"probation_{label}_ms": live},
                     )

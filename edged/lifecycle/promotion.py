@@ -192,6 +192,7 @@ class Promotion:
             VersionState.CANDIDATE, result.reason, phase=Phase.GATING, figures=figures
         )
         baseline = list(result.incumbent_confidence)
+        live_ms: list[float] = []
         if incumbent is not None:
             shadow = await self._shadow(candidate, incumbent)
             figures.update(
@@ -199,6 +200,7 @@ class Promotion:
             )
             outcome = shadow.test.outcome
             baseline += shadow.incumbent_confidence
+            live_ms = shadow.live_ms
             if outcome is Outcome.FAIL:
                 await portfolio.release(self.name, "candidate")
                 wanted = self.lifecycle.shadow_agreement
@@ -227,7 +229,7 @@ class Promotion:
             f"serving version {self.version} ({candidate.variant.id}), on probation",
             self.lifecycle.keep_previous_warm,
         )
-        return await self._probation(candidate, baseline, result)
+        return await self._probation(candidate, baseline, result, live_ms)
 
     async def _shadow(self, candidate: Handle, incumbent: Handle) -> Shadow:
         self._phase(Phase.SHADOWING)
@@ -257,7 +259,11 @@ class Promotion:
         return shadow
 
     async def _probation(
-        self, handle: Handle, baseline: list[float], result: gate.GateResult
+        self,
+        handle: Handle,
+        baseline: list[float],
+        result: gate.GateResult,
+        live_ms: list[float] | None = None,
     ) -> VersionRecord:
         slot = self.ctx.portfolio.slot(self.name)
         watch = Probation(
@@ -265,6 +271,7 @@ class Promotion:
             self._kinds(handle),
             baseline,
             result.candidate_ms if result.samples else None,
+            live_ms or (),
             self.lifecycle,
             self.ctx.clock,
         )

@@ -46,6 +46,8 @@ class Shadow:
         self.first_error = ""
         self.incumbent_confidence: list[float] = []
         self.candidate_confidence: list[float] = []
+        # The serving version's live latency meanwhile: what probation compares the new one to.
+        self.live_ms: list[float] = []
         self._loop = asyncio.get_running_loop()
         self.changed = asyncio.Event()
 
@@ -54,6 +56,7 @@ class Shadow:
     def served(
         self, handle: Handle, inputs: Mapping[str, Array], outputs: dict[str, Array], ns: int
     ) -> None:
+        self.live_ms.append(ns / 1e6)
         if self._random() >= self.share:
             return
         if self.inflight >= MAX_INFLIGHT or self.candidate.runtime.generative:

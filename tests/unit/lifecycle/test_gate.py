@@ -1,0 +1,40 @@
+"""The latency gate's verdict on measured numbers."""
+
+from __future__ import annotations
+
+from edged.lifecycle.gate import decide
+from edged.lifecycle.statistics import Outcome
+from edged.store.manifest import LatencyBudget
+
+BUDGET = LatencyBudget(2.0, 4.0, 6.0)
+
+
+def test_within_budget_passes() -> None:
+    result = decide(BUDGET, None, [1.0] * 40, [], 30, 1.0)
+    assert result.outcome is Outcome.PASS
+    assert result.figures()["gate_p99_ms"] == 1.0
+
+
+def test_over_budget_fails_naming_the_measured_figure_and_the_budget() -> None:
+    result = decide(BUDGET, None, [1.0] * 38 + [9.0, 9.0], [], 30, 1.0)
+    assert result.outcome is Outcome.FAIL
+    assert "measured p99 9.00 ms over its budget 6.00 ms" in result.reason
+
+
+def test_a_slow_machine_measured_on_the_serving_version_widens_the_allowance() -> None:
+    """The serving version measures twice its own budget beside the candidate: the machine is
+    busy, and the candidate is allowed twice its budget too (but not more)."""
+    incumbent_budget = LatencyBudget(1.0, 2.0, 3.0)
+    busy = [2.0] * 35 + [6.0] * 5
+    candidate = [3.5] * 35 + [11.0] * 5
+    result = decide(BUDGET, incumbent_budget, candidate, busy, 30, 1.0)
+    assert result.outcome is Outcome.PASS, result.reason
+    assert "machine slowdown x2.00 allowed" in result.reason
+    too_slow = [5.0] * 40
+    assert decide(BUDGET, incumbent_budget, too_slow, busy, 30, 1.0).outcome is Outcome.FAIL
+
+
+def test_too_few_runs_is_inconclusive_and_no_budget_passes_with_figures() -> None:
+    assert decide(BUDGET, None, [1.0] * 5, [], 30, 30.0).outcome is Outcome.INCONCLUSIVE
+    result = decide(None, None, [1.0] * 40, [], 30, 1.0)
+    assert result.outcome is Outcome.PASS and "no latency budget declared" in result.reason
