@@ -26,6 +26,9 @@ from edged.tensors import Array, GenerationParams, prompt_text
 # is their maximum; more runs make it a percentile).
 EXTRA_SECONDS = 3.0
 MAX_PAIRS = 200
+# How far apart the same version's percentiles land in two sets of interleaved runs on a busy
+# machine (measured under bench/swap.py's load: up to ~20% at p95).
+PAIRED_NOISE = 1.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,7 @@ class GateResult:
     # Top-1 confidences of each version on the gate's inputs (the drift baseline of probation).
     incumbent_confidence: tuple[float, ...] = ()
     candidate_confidence: tuple[float, ...] = ()
+    run_times_ms: tuple[float, ...] = ()  # the candidate's, as measured
 
     def figures(self) -> dict[str, float]:
         out = {"gate_samples": float(self.samples)}
@@ -162,6 +166,7 @@ def decide(
             budget,
             incumbent_confidence,
             candidate_confidence,
+            tuple(cand_ms),
         )
 
     shown = f"p50 {cand[0]:.2f} ms, p95 {cand[1]:.2f} ms, p99 {cand[2]:.2f} ms"
@@ -172,28 +177,40 @@ def decide(
         )
     if budget is None:
         return result(Outcome.PASS, f"no latency budget declared; measured {shown}")
+    declared = (budget.p50, budget.p95, budget.p99)
     allowance = (1.0, 1.0, 1.0)
+    # What the candidate would measure now if it were exactly as fast, relative to its budget,
+    # as the serving version is relative to its own: the paired comparison.
+    expected: tuple[float, ...] | None = None
     if inc is not None and incumbent_budget is not None:
+        inc_declared = (incumbent_budget.p50, incumbent_budget.p95, incumbent_budget.p99)
         allowance = tuple(  # type: ignore[assignment]
-            max(1.0, measured / declared) if declared > 0 else 1.0
-            for measured, declared in zip(
-                inc, (incumbent_budget.p50, incumbent_budget.p95, incumbent_budget.p99), strict=True
-            )
+            max(1.0, m / d) if d > 0 else 1.0 for m, d in zip(inc, inc_declared, strict=True)
         )
-    limits = (budget.p50 * allowance[0], budget.p95 * allowance[1], budget.p99 * allowance[2])
+        expected = tuple(
+            m * c / d if d > 0 else math.inf
+            for m, c, d in zip(inc, declared, inc_declared, strict=True)
+        )
+    limits = tuple(d * a for d, a in zip(declared, allowance, strict=True))
     beside = (
         f"; the serving version measured p99 {inc[2]:.2f} ms beside it"
         + (f" (machine slowdown x{allowance[2]:.2f} allowed)" if allowance[2] > 1 else "")
         if inc is not None
         else ""
     )
-    for label, measured, declared, limit in zip(
-        ("p50", "p95", "p99"), cand, (budget.p50, budget.p95, budget.p99), limits, strict=True
-    ):
-        if measured > limit:
-            return result(
-                Outcome.FAIL,
-                f"too slow: measured {label} {measured:.2f} ms over its budget {declared:.2f} ms "
-                f"({shown} on {len(cand_ms)} runs{beside})",
-            )
+    declared_all = f"budget p50 {budget.p50:g} / p95 {budget.p95:g} / p99 {budget.p99:g} ms"
+    for i, label in enumerate(("p50", "p95", "p99")):
+        measured = cand[i]
+        if measured <= limits[i]:
+            continue
+        # Two sets of runs on a busy machine differ by chance in their tails: over its budget
+        # is a failure only when also over what the serving version's pace predicts, by more
+        # than the noise of such pairs.
+        if expected is not None and measured <= expected[i] * PAIRED_NOISE:
+            continue
+        return result(
+            Outcome.FAIL,
+            f"too slow: measured {label} {measured:.2f} ms over its budget "
+            f"{declared[i]:.2f} ms ({shown} on {len(cand_ms)} runs; {declared_all}{beside})",
+        )
     return result(Outcome.PASS, f"within its budget (p99 {budget.p99:.2f} ms): {shown}{beside}")

@@ -26,7 +26,7 @@ MIN_ERROR_REQUESTS = 20  # requests before an error *rate* is judged (3 errors f
 MAX_ERRORS = 3
 MIN_LATENCY_SAMPLES = 100
 MIN_DRIFT_SAMPLES = 50
-CONFIDENCE_EVERY = 4  # one answer in this many has its confidence noted
+CONFIDENCE_EVERY = 2  # one answer in this many has its confidence noted
 
 
 @dataclasses.dataclass(frozen=True)

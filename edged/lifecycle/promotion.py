@@ -322,17 +322,35 @@ class Promotion:
 
     async def _in_place(self, incumbent: Handle | None) -> VersionRecord:
         """The resource-preserving promotion: the serving version is measured on recent
-        requests, then released; the candidate is loaded in its room and measured the same way
-        while requests wait in a bounded queue (briefly: the gate stops at its minimum sample
-        here); it serves if it passes, else the old version is loaded again. No shadow: the two
-        never coexist."""
+        requests first, then released; the candidate is loaded in its room and measured the same
+        way while requests wait in a bounded queue (briefly: the gate stops at its minimum
+        sample here), judged against the serving version's figures as the paired gate does; it
+        serves if it passes, else the old version is loaded again. No shadow: the two never
+        coexist."""
         portfolio = self.ctx.portfolio
+        before: gate.GateResult | None = None
+        if incumbent is not None:
+            self._phase(Phase.GATING, "measuring the serving version before the swap")
+            before = await self._gate(incumbent, None, quick=True)
         result: gate.GateResult | None = None
 
         async def check(handle: Handle) -> str | None:
             nonlocal result
             self._phase(Phase.GATING, "gating in place (resource-preserving)")
-            result = await self._gate(handle, None, quick=True)
+            alone = await self._gate(handle, None, quick=True)
+            if alone.outcome is Outcome.FAIL and alone.samples < self.lifecycle.gate_min_samples:
+                result = alone  # it failed to run
+            else:
+                result = gate.decide(
+                    handle.variant.latency_ms,
+                    incumbent.variant.latency_ms if incumbent is not None else None,
+                    alone.run_times_ms,
+                    before.run_times_ms if before is not None else (),
+                    self.lifecycle.gate_min_samples,
+                    0.0,
+                    before.candidate_confidence if before is not None else (),
+                    alone.candidate_confidence,
+                )
             if result.outcome is Outcome.FAIL or (
                 result.outcome is Outcome.INCONCLUSIVE and self.on_insufficient != "promote"
             ):
@@ -349,7 +367,8 @@ class Promotion:
             return self._finish(VersionState.REJECTED, exc.message, "rejected", **figures)
         assert result is not None
         self._move(VersionState.PROBATION, "serving; on probation", figures=result.figures())
-        return await self._probation(handle, [], result)
+        baseline = list(result.incumbent_confidence)
+        return await self._probation(handle, baseline, result)
 
     async def _direct(self) -> VersionRecord:
         """No evaluation: the version serves from the next request (labs, benchmarks)."""

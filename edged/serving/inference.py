@@ -168,14 +168,17 @@ class InferenceService:
         params: GenerationParams,
     ) -> Served:
         """The runtime failed on this request. During probation the previous version is kept
-        warm: it answers instead, and the failure counts against the new version."""
+        warm: it answers instead, and the failure counts against the new version. (If the
+        versions were swapped while this request ran, whatever serves now answers.)"""
         observer = slot.observer
         if observer is not None:
             observer.failed(handle, failure)
-        previous = slot.previous
-        if previous is None or previous is handle:
+        fallback = slot.previous
+        if fallback is None or fallback is handle:
+            fallback = slot.handle
+        if fallback is None or fallback is handle:
             raise failure
-        lease = Lease(previous, arrived=time.perf_counter())
+        lease = Lease(fallback, arrived=time.perf_counter())
         try:
             return await self._run(lease, inputs, requested, params)
         finally:

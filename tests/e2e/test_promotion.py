@@ -179,3 +179,52 @@ def test_kill_9_at_random_instants_of_promotions(tmp_path: Path) -> None:
     # The kills landed in more than one phase of a promotion.
     assert len(seen) >= 2, seen
     print("interrupted at:", seen)
+
+
+def test_sighup_and_repository_load_start_promotions_and_metrics_show_them(
+    tmp_path: Path,
+) -> None:
+    """`edged import` of a new version then SIGHUP promotes it; RepositoryModelLoad on a model
+    with a newer staged version promotes that one; RepositoryIndex moves nothing; the metrics
+    show the serving version, the promotions and what the requests were answered by."""
+    import signal
+
+    from tests.daemon import free_port, scrape
+
+    src = tmp_path / "src"
+    v1, v2, v3 = versions_of(src, 3)
+    store = ModelStore(tmp_path / "store")
+    store.import_dir(v1)
+    port = free_port()
+    daemon = DaemonProcess(
+        store.root, preload__enabled=False, metrics__address=f"127.0.0.1:{port}"
+    ).start()
+    load = Load(daemon.unix_url, "m")
+    try:
+        load.start()
+        imported = daemon.edged("import", str(v2))
+        assert imported.returncode == 0, imported.stderr
+        client = triton.InferenceServerClient(url=daemon.unix_url)
+        client.get_model_repository_index()  # read-only: nothing starts
+        time.sleep(1.0)
+        assert store.record("m", "2").state is VersionState.STAGED
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: store.active("m") == "2", 120, "the promotion started by SIGHUP")
+        assert daemon.edged("import", "--no-activate", str(v3)).returncode == 0
+        client.load_model("m")  # RepositoryModelLoad: promote the newer staged version
+        wait_for(lambda: store.active("m") == "3", 120, "the promotion started by load_model")
+        client.close()
+        wait_for(lambda: any(v == "3" for _, v in load.answers[-5:]), 30, "version 3 answers")
+        values = scrape(port)
+        assert values['edged_serving_version{model="m",version="3"}'] == 1
+        assert values['edged_promotions_total{outcome="committed"}'] == 2
+        assert values["edged_swap_wait_seconds_count"] == 0  # no request waited for a swap
+        assert values['edged_requests_total{code="ok",model="m",version="2"}'] > 0
+        assert values['edged_requests_total{code="ok",model="m",version="3"}'] > 0
+        assert any(k.startswith("edged_version_figure{") and "gate_p99_ms" in k for k in values)
+    finally:
+        load.stop.set()
+        load.join(30)
+        daemon.stop()
+    assert load.errors == []
