@@ -317,12 +317,19 @@ class _PortfolioCollector(Collector):
                 "(gate_p99_ms, budget_p99_ms, shadow_agreement, ...)",
                 labels=["model", "version", "state", "figure"],
             )
+            states = GaugeMetricFamily(
+                "edged_version_state",
+                "1 for each stored version, labelled with its lifecycle state",
+                labels=["model", "version", "state"],
+            )
             for model in view.models:
                 for v in self._lifecycle.versions(model.name):
+                    states.add_metric([model.name, v.version, v.state], 1)
                     if v.state in ("candidate", "probation") or v.serving:
                         for name, value in sorted(v.figures.items()):
                             figures.add_metric([model.name, v.version, v.state, name], value)
             yield figures
+            yield states
         resident = GaugeMetricFamily(
             "edged_resident_bytes", "Bytes held by resident variants", labels=["model", "variant"]
         )

@@ -24,6 +24,12 @@ def _report(imported: Imported) -> None:
         )
         return
     print(f"imported {imported.name} version {imported.version} ({imported.variants} variants)")
+    if imported.state == "staged":
+        print(
+            "  staged: a running daemon promotes it on SIGHUP"
+            if imported.requested
+            else f"  staged: `edged activate {imported.name} {imported.version}` promotes it"
+        )
     for v in imported.verdicts:
         verdict = "usable" if v.usable else f"UNUSABLE: {v.reason}"
         print(f"  {v.variant:<8} {v.key[:12]}  {verdict}")

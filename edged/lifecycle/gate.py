@@ -25,7 +25,10 @@ from edged.tensors import Array, GenerationParams, prompt_text
 # Past the minimum, the gate keeps measuring for this long or this many pairs (a p99 of 30 runs
 # is their maximum; more runs make it a percentile).
 EXTRA_SECONDS = 3.0
-MAX_PAIRS = 200
+MAX_PAIRS = 500
+# A percentile is judged only when at least this many runs lie beyond it: p50 from 10 runs,
+# p95 from 100, p99 from 500 (the p99 of 30 runs is their maximum: one stall decides it).
+RUNS_BEYOND = 5
 # How far apart the same version's percentiles land in two sets of interleaved runs on a busy
 # machine (measured under bench/swap.py's load: up to ~20% at p95).
 PAIRED_NOISE = 1.25
@@ -199,9 +202,9 @@ def decide(
         else ""
     )
     declared_all = f"budget p50 {budget.p50:g} / p95 {budget.p95:g} / p99 {budget.p99:g} ms"
-    for i, label in enumerate(("p50", "p95", "p99")):
+    for i, (label, q) in enumerate((("p50", 0.50), ("p95", 0.95), ("p99", 0.99))):
         measured = cand[i]
-        if measured <= limits[i]:
+        if measured <= limits[i] or len(cand_ms) * (1 - q) < RUNS_BEYOND:
             continue
         # Two sets of runs on a busy machine differ by chance in their tails: over its budget
         # is a failure only when also over what the serving version's pace predicts, by more

@@ -30,6 +30,8 @@ class Imported:
     variants: int
     verdicts: tuple[VariantVerdict, ...]  # empty when validation was skipped
     kept: bool = False  # already in the store (a demo rebuilt): nothing changed
+    state: str = ""  # its lifecycle state (committed: the first version; else staged)
+    requested: bool = False  # its promotion was requested (the daemon starts it on SIGHUP)
 
 
 def import_version(
@@ -47,7 +49,15 @@ def import_version(
         verdicts.append(
             VariantVerdict(variant.id, variant_key(variant), result.usable, result.reason)
         )
-    return Imported(manifest.name, manifest.version, len(manifest.variants), tuple(verdicts))
+    record = store.record(manifest.name, manifest.version)
+    return Imported(
+        manifest.name,
+        manifest.version,
+        len(manifest.variants),
+        tuple(verdicts),
+        state=str(record.state),
+        requested=record.requested,
+    )
 
 
 def import_demo(settings: Settings, out: Path | None = None) -> Iterator[Imported]:

@@ -223,6 +223,7 @@ def test_sighup_and_repository_load_start_promotions_and_metrics_show_them(
         assert values['edged_requests_total{code="ok",model="m",version="2"}'] > 0
         assert values['edged_requests_total{code="ok",model="m",version="3"}'] > 0
         assert any(k.startswith("edged_version_figure{") and "gate_p99_ms" in k for k in values)
+        assert values['edged_version_state{model="m",state="committed",version="3"}'] == 1
     finally:
         load.stop.set()
         load.join(30)

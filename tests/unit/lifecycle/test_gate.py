@@ -16,9 +16,18 @@ def test_within_budget_passes() -> None:
 
 
 def test_over_budget_fails_naming_the_measured_figure_and_the_budget() -> None:
-    result = decide(BUDGET, None, [1.0] * 38 + [9.0, 9.0], [], 30, 1.0)
+    result = decide(BUDGET, None, [1.0] * 490 + [9.0] * 10, [], 30, 1.0)
     assert result.outcome is Outcome.FAIL
     assert "measured p99 9.00 ms over its budget 6.00 ms" in result.reason
+    assert "budget p50 2 / p95 4 / p99 6 ms" in result.reason
+
+
+def test_a_tail_is_judged_only_from_enough_runs() -> None:
+    """The p99 of 40 runs is their maximum: one stall over the budget is not judged; the same
+    share of slow runs among 500 is."""
+    assert decide(BUDGET, None, [1.0] * 39 + [9.0], [], 30, 1.0).outcome is Outcome.PASS
+    slow_tail = [1.0] * 490 + [9.0] * 10
+    assert decide(BUDGET, None, slow_tail, [], 30, 1.0).outcome is Outcome.FAIL
 
 
 def test_a_slow_machine_measured_on_the_serving_version_widens_the_allowance() -> None:
@@ -38,10 +47,10 @@ def test_a_tail_just_over_budget_but_at_the_serving_versions_pace_is_noise() -> 
     """Same budgets, a busy machine: the candidate's p95 lands over its budget and 20% over the
     serving version's (chance, in two sets of runs); it is not a failure. 40% over is."""
     same = LatencyBudget(2.0, 4.0, 6.0)
-    incumbent = [1.9] * 36 + [3.8] * 4
-    noisy = [1.9] * 36 + [4.5] * 4
+    incumbent = [1.9] * 180 + [3.8] * 20
+    noisy = [1.9] * 180 + [4.5] * 20
     assert decide(same, same, noisy, incumbent, 30, 1.0).outcome is Outcome.PASS
-    slower = [1.9] * 36 + [5.4] * 4
+    slower = [1.9] * 180 + [5.4] * 20
     assert decide(same, same, slower, incumbent, 30, 1.0).outcome is Outcome.FAIL
 
 
