@@ -25,8 +25,9 @@ from edged.tensors import Array
 MIN_ERROR_REQUESTS = 20  # requests before an error *rate* is judged (3 errors fail at once)
 MAX_ERRORS = 3
 MIN_LATENCY_SAMPLES = 100
-MIN_DRIFT_SAMPLES = 50
-CONFIDENCE_EVERY = 2  # one answer in this many has its confidence noted
+MIN_DRIFT_SAMPLES = 100
+DRIFT_ALPHA = 0.001
+CONFIDENCE_EVERY = 1  # one answer in this many has its confidence noted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Probation:
         # shadow phase's); without it, the gate's run times.
         self.live_baseline = percentiles(live_baseline_ms) if len(live_baseline_ms) >= 50 else None
         self._began = time.perf_counter()
+        self._next_drift_look = MIN_DRIFT_SAMPLES
         self.settings = settings
         self.clock = clock
         self.started = clock()
@@ -135,13 +137,17 @@ class Probation:
                         {f"probation_{label}_ms": live},
                     )
         if (
-            len(self.confidences) >= MIN_DRIFT_SAMPLES
+            len(self.confidences) >= self._next_drift_look
             and len(self.baseline) >= MIN_DRIFT_SAMPLES // 2
         ):
+            # Looked at when the sample doubles (100, 200, 400, ...), not at every poll: a
+            # handful of looks at alpha 0.001 each keeps false alarms under ~0.5% per
+            # probation, where peeking every 0.1 s would not.
+            self._next_drift_look *= 2
             shift = psi(self.baseline, self.confidences)
             ks = ks_statistic(self.baseline, self.confidences)
-            # Both: PSI says how far, KS that it is more than the samples' own noise (p < 0.01).
-            critical = ks_critical(len(self.baseline), len(self.confidences))
+            # Both: PSI says how far, KS that it is more than the samples' own noise.
+            critical = ks_critical(len(self.baseline), len(self.confidences), DRIFT_ALPHA)
             if shift > s.probation_max_psi and ks > critical:
                 return Verdict(
                     Outcome.FAIL,
