@@ -25,6 +25,7 @@ from edged.lifecycle.manager import Lifecycle
 from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.preloader import Preloader
+from edged.quality.monitor import QualityMonitor
 from edged.runtime import warm_runtimes
 from edged.runtime.memory import limit_malloc_arenas
 from edged.serving import Serving
@@ -106,10 +107,19 @@ class Daemon:
             log.warning("previous run ended abnormally; suspects: %s", ", ".join(suspects))
         lifecycle = Lifecycle(portfolio, self.store, self.settings, self.metrics)
         lifecycle.recover(suspects)
+        quality = QualityMonitor(self.settings.quality, self.store.state / "quality", self.metrics)
+        # Residency scores variants with what labels measured here (the manifest's as prior).
+        portfolio.costs.quality_of = lambda model, v: quality.measured_quality(
+            model, v.id, v.quality
+        )
         portfolio.refresh()
         preloader = self._build_preloader(portfolio)
         serving = Serving.over(
-            portfolio, self.metrics, self._build_updates(lifecycle), lifecycle=lifecycle
+            portfolio,
+            self.metrics,
+            self._build_updates(lifecycle),
+            lifecycle=lifecycle,
+            quality=quality,
         )
         self.metrics.watch(serving.repository, serving.lifecycle)
         server = GrpcServer(self.settings.server, serving)
@@ -122,11 +132,17 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         watchdog = asyncio.ensure_future(self._watchdog())
         scheduler = AsyncIOScheduler()
+
         # Pressure is re-read about once a second, so the daemon sheds before the OOM killer acts;
         # forecasts are re-checked every preload.interval_seconds.
+        async def save_quality() -> None:
+            quality.flush()
+            await asyncio.to_thread(quality.persist)
+
         for job, seconds, name in (
             (portfolio.tick, self.settings.memory.tick_seconds, "residency"),
             (preloader.run_once, self.settings.preload.interval_seconds, "preload"),
+            (save_quality, 60.0, "quality"),
         ):
             scheduler.add_job(
                 job, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
@@ -157,6 +173,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
             await lifecycle.close()
+            quality.save()
             await portfolio.close()
             serving.close()
             preloader.close()

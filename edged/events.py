@@ -21,6 +21,13 @@ class Events(Protocol):
     def served(self, model: str, quality: float) -> None:
         """A request was leased to a variant of this declared quality."""
 
+    def confidence(self, model: str, variant: str, value: float) -> None:
+        """The top-1 confidence of one answer (row), off the request path."""
+
+    def escalated(self, model: str, escalated: bool, saved: float) -> None:
+        """A cascade answered with its first stage or escalated; ``saved``: the share of the
+        last stage's compute this request did not spend."""
+
     # -- residency ------------------------------------------------------------------------------
     def loaded(self, model: str, variant: str, seconds: float) -> None: ...
 
@@ -72,6 +79,12 @@ class NoEvents:
         pass
 
     def served(self, model: str, quality: float) -> None:
+        pass
+
+    def confidence(self, model: str, variant: str, value: float) -> None:
+        pass
+
+    def escalated(self, model: str, escalated: bool, saved: float) -> None:
         pass
 
     def loaded(self, model: str, variant: str, seconds: float) -> None:

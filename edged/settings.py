@@ -278,6 +278,16 @@ class LifecycleSettings(Section):
     queue_limit: Count = Field(64, description="requests held during a resource-mode swap")
 
 
+class QualitySettings(Section):
+    """Quality measured on the device (docs/quality.md)."""
+
+    label_retention_seconds: Seconds = Field(3600.0, description="how long an id awaits a label")
+    label_capacity: Count = Field(100_000, description="answers kept for labels at most")
+    label_prior_weight: Weight = Field(
+        50.0, description="the manifest's quality counts as this many labels"
+    )
+
+
 class ModelSettings(Section):
     pin: bool = Field(False, description="never evicted, downgraded or swapped automatically")
     # Per-model lifecycle choices (the [lifecycle] defaults otherwise).
@@ -295,6 +305,7 @@ class Settings(Section):
     preload: PreloadSettings = PreloadSettings()
     updates: UpdatesSettings = UpdatesSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    quality: QualitySettings = QualitySettings()
     models: dict[str, ModelSettings] = {}
     source: Path | None = None
 

@@ -146,6 +146,26 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.confidences = Histogram(
+            "edged_confidence",
+            "Top-1 confidence of answers (class scores: softmax; text: geometric mean token "
+            "probability), by model and the variant that answered",
+            ["model", "variant"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        )
+        self.cascade_answers = Counter(
+            "edged_cascade_answers",
+            "Requests to a cascade, by who answered (first: its first stage; escalated)",
+            ["model", "by"],
+            registry=r,
+        )
+        self.cascade_saved = Counter(
+            "edged_cascade_compute_saved",
+            "Sum over requests of the share of the last stage's compute a cascade did not spend",
+            ["model"],
+            registry=r,
+        )
         self.swap_waits = Histogram(
             "edged_swap_wait_seconds",
             "Time a request waited because its model was being swapped (should stay 0)",
@@ -201,6 +221,13 @@ class Metrics:
     def served(self, model: str, quality: float) -> None:
         self.quality_sum += quality
         self.quality_count += 1
+
+    def confidence(self, model: str, variant: str, value: float) -> None:
+        self.confidences.labels(model, variant).observe(value)
+
+    def escalated(self, model: str, escalated: bool, saved: float) -> None:
+        self.cascade_answers.labels(model, "escalated" if escalated else "first").inc()
+        self.cascade_saved.labels(model).inc(saved)
 
     def loaded(self, model: str, variant: str, seconds: float) -> None:
         self.loads.labels(model, variant).inc()

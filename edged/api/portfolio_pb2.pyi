@@ -49,7 +49,7 @@ class LoadResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., variant: _Optional[str] = ..., resident_bytes: _Optional[int] = ...) -> None: ...
 
 class Variant(_message.Message):
-    __slots__ = ("id", "format", "quantization", "quality", "size", "state", "reason", "resident_bytes", "load_seconds", "serving")
+    __slots__ = ("id", "format", "quantization", "quality", "size", "state", "reason", "resident_bytes", "load_seconds", "serving", "labels", "accuracy", "ece", "measured_quality")
     ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,10 @@ class Variant(_message.Message):
     RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ECE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     format: str
     quantization: str
@@ -70,7 +74,11 @@ class Variant(_message.Message):
     resident_bytes: int
     load_seconds: float
     serving: bool
-    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., quantization: _Optional[str] = ..., quality: _Optional[float] = ..., size: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., serving: _Optional[bool] = ...) -> None: ...
+    labels: int
+    accuracy: float
+    ece: float
+    measured_quality: float
+    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., quantization: _Optional[str] = ..., quality: _Optional[float] = ..., size: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., labels: _Optional[int] = ..., accuracy: _Optional[float] = ..., ece: _Optional[float] = ..., measured_quality: _Optional[float] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("bytes", "limited_by", "accounted_bytes", "available_bytes", "psi_some_avg10")

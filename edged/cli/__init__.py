@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from edged.cli import client, lifecycle, local, trace, update
+from edged.cli import client, lifecycle, local, quality, trace, update
 from edged.cli.common import with_config
 from edged.errors import EdgedError
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(sub)
     client.register(sub)
     lifecycle.register(sub)
+    quality.register(sub)
     trace.register(sub)
     update.register(sub, with_config)
     return parser

@@ -39,9 +39,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             marker = "*" if version.active else " "
             for v in version.variants:
                 resident = f"{v.resident_bytes / 2**20:.1f} MiB" if v.resident_bytes else ""
+                measured = (
+                    f" measured {v.accuracy:.1%} on {v.labels} labels (ECE {v.ece:.3f})"
+                    if v.labels
+                    else ""
+                )
                 print(
                     f"  {marker}{version.version:<6} {v.id:<8} {v.format:<5} "
-                    f"q={v.quality:.3f} {v.state:<12} {resident:<10} {v.reason}"
+                    f"q={v.quality:.3f} {v.state:<12} {resident:<10} {v.reason}{measured}"
                 )
     return 0
 

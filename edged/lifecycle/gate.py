@@ -15,9 +15,9 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from edged.lifecycle.compare import confidence
 from edged.lifecycle.statistics import Outcome, percentiles
 from edged.portfolio.slot import Handle
+from edged.quality.compare import confidence
 from edged.store.lineage import OutputKind
 from edged.store.manifest import LatencyBudget
 from edged.tensors import Array, GenerationParams, prompt_text

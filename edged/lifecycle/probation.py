@@ -15,9 +15,9 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from edged.lifecycle.compare import confidence
 from edged.lifecycle.statistics import Outcome, ks_critical, ks_statistic, percentiles, psi
 from edged.portfolio.slot import Handle
+from edged.quality.compare import confidence
 from edged.settings import LifecycleSettings
 from edged.store.lineage import OutputKind
 from edged.tensors import Array

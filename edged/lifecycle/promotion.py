@@ -20,12 +20,12 @@ from concurrent.futures import Executor
 from edged.errors import EdgedError
 from edged.events import Events
 from edged.lifecycle import gate
-from edged.lifecycle.compare import output_kinds
 from edged.lifecycle.probation import Probation
 from edged.lifecycle.shadow import Shadow
 from edged.lifecycle.statistics import AgreementTest, Outcome
 from edged.portfolio.portfolio import NoRoomError, Portfolio
 from edged.portfolio.slot import Handle
+from edged.quality.compare import output_kinds
 from edged.runtime.base import warmup_inputs
 from edged.settings import Settings
 from edged.store.lineage import OutputKind
@@ -330,8 +330,10 @@ class Promotion:
         portfolio = self.ctx.portfolio
         before: gate.GateResult | None = None
         if incumbent is not None:
+            # Not quick: nothing waits yet, and a whole pass over the recent requests gives
+            # probation its drift baseline.
             self._phase(Phase.GATING, "measuring the serving version before the swap")
-            before = await self._gate(incumbent, None, quick=True)
+            before = await self._gate(incumbent, None)
         result: gate.GateResult | None = None
 
         async def check(handle: Handle) -> str | None:

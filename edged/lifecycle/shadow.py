@@ -13,9 +13,9 @@ import random
 from collections.abc import Mapping
 from concurrent.futures import Executor
 
-from edged.lifecycle.compare import confidence, requests_agree
 from edged.lifecycle.statistics import AgreementTest
 from edged.portfolio.slot import Handle
+from edged.quality.compare import confidence, requests_agree
 from edged.store.lineage import OutputKind
 from edged.tensors import Array
 

@@ -3,6 +3,8 @@ measurement (times the accounting's correction) what it would hold, and how long
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edged.errors import EdgedError, ErrorCode
 from edged.portfolio.budget import Accounting
 from edged.portfolio.scoring import Option
@@ -21,17 +23,24 @@ def expected_bytes(variant: Variant, result: ProbeResult | None) -> int:
     return variant.memory_bytes or variant.size
 
 
+def declared_quality(model: str, variant: Variant) -> float:
+    return variant.quality
+
+
 class VariantCosts:
     def __init__(self, verdicts: Verdicts, accounting: Accounting) -> None:
         self.verdicts = verdicts
         self.accounting = accounting
+        # The quality a variant is scored with: the manifest's, or (the quality monitor) what
+        # labels measured on this device with the manifest's as the prior.
+        self.quality_of: Callable[[str, Variant], float] = declared_quality
 
-    def option(self, variant: Variant) -> Option:
+    def option(self, variant: Variant, model: str = "") -> Option:
         result = self.verdicts.verdict(variant).result
         return Option(
             variant.id,
             int(expected_bytes(variant, result) * self.accounting.correction),
-            variant.quality,
+            self.quality_of(model, variant),
             result.load_seconds if result else UNMEASURED_LOAD_SECONDS,
         )
 
@@ -42,8 +51,8 @@ class VariantCosts:
     def known(self, manifest: Manifest) -> list[tuple[Variant, Option]]:
         """Usable variants whose verdict is already known, best quality first."""
         out = [
-            (variant, self.option(variant))
-            for variant in manifest.variants
+            (variant, self.option(variant, manifest.name))
+            for variant in manifest.servable
             if self.verdicts.verdict(variant).state is VerdictState.USABLE
         ]
         out.sort(key=lambda vo: (-vo[1].quality, vo[1].bytes))
@@ -53,7 +62,7 @@ class VariantCosts:
         """``known`` after validating every variant that never ran here; FAILED_PRECONDITION
         naming each variant's reason when none can be loaded."""
         reasons = []
-        for variant in manifest.variants:
+        for variant in manifest.servable:
             result = await self.verdicts.validate(variant)
             if not result.usable:
                 reasons.append(f"{variant.id}: {result.reason}")

@@ -25,7 +25,9 @@ from edged.portfolio.slot import Handle
 from edged.portfolio.verdicts import variant_key
 from edged.runtime import open_runtime
 from edged.runtime.base import LoadStats, Runtime
-from edged.store.manifest import Manifest, Variant
+from edged.runtime.cascade import CascadeRuntime
+from edged.store.lineage import output_kinds
+from edged.store.manifest import CASCADE, Manifest, Variant
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,9 @@ class Loader:
         meter: MemoryMeter,
         events: Events,
         path_of: Callable[[Variant], Path],
+        state_dir: Path | None = None,
     ) -> None:
+        self.state_dir = state_dir  # where a cascade keeps its calibrated threshold
         self.journal = journal
         self.meter = meter
         self.events = events
@@ -89,7 +93,7 @@ class Loader:
         def work() -> tuple[Runtime, LoadStats]:
             before = _threads() if background else set()
             with meter.measure(variant, path) as stats:
-                runtime = open_runtime(variant.format, path, variant.options)
+                runtime = self._open(manifest, variant, path)
                 runtime.warm_up(manifest.warmup)
             if background:
                 _restore_priority(_threads() - before)
@@ -126,6 +130,35 @@ class Loader:
             stats.memory_bytes,
         )
         return Handle(manifest, variant, runtime, stats, self.journal, key)
+
+    def _open(self, manifest: Manifest, variant: Variant, path: Path) -> Runtime:
+        if variant.format != CASCADE:
+            return open_runtime(variant.format, path, variant.options)
+        # A cascade: its stages' files, opened here together (one load, one measurement).
+        stages = [manifest.variant(s) for s in variant.options["stages"]]
+        runtimes: list[Runtime] = []
+        try:
+            for stage in stages:
+                runtimes.append(open_runtime(stage.format, self.path_of(stage), stage.options))
+        except BaseException:
+            for opened in runtimes:
+                opened.close()
+            raise
+        kinds = output_kinds(manifest.outputs, runtimes[-1].outputs)
+        scores = next((n for n, k in kinds.items() if k.kind == "class_scores"), None)
+        if scores is None:
+            for opened in runtimes:
+                opened.close()
+            raise ValueError("a cascade needs a class-score output to measure its confidence")
+        return CascadeRuntime(
+            runtimes,
+            [s.id for s in stages],
+            scores,
+            float(variant.options["agreement"]),
+            variant.options.get("threshold"),
+            self.state_dir / f"cascade-{manifest.name}.json" if self.state_dir else None,
+            [float(s.options.get("multiply_adds", 0)) or 1.0 for s in stages],
+        )
 
     async def close(self, handle: Handle) -> None:
         """Free a drained handle's runtime and give its pages back."""

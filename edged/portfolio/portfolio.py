@@ -107,7 +107,9 @@ class Portfolio:
             settings.memory, system or SystemMemory(), meter or ProcessMemory()
         )
         self.costs = VariantCosts(self.verdicts, self.budget)
-        self.loader = Loader(journal, self.budget.meter, self.events, store.variant_path)
+        self.loader = Loader(
+            journal, self.budget.meter, self.events, store.variant_path, store.state / "quality"
+        )
         self.slots: dict[str, Slot] = {}
         # Models the store holds whose serving version cannot be read, with the reason.
         self.unavailable: dict[str, str] = {}

@@ -13,6 +13,7 @@ from edged.portfolio.journal import CrashJournal
 from edged.portfolio.reservoir import Reservoir
 from edged.portfolio.scoring import DecayedRate
 from edged.runtime.base import Array, LoadStats, Runtime
+from edged.store.lineage import OutputKind
 from edged.store.manifest import Manifest, Variant
 
 T = TypeVar("T")
@@ -120,6 +121,8 @@ class Handle:
         # The request layout (edged/grpc/wire.py) whose tensors were last checked against this
         # runtime's signature: the same layout has the same names, datatypes and shapes.
         self.checked_layout: object | None = None
+        # How its outputs are compared and scored (the quality package fills it once).
+        self.kinds: Mapping[str, OutputKind] | None = None
 
     @property
     def version(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from edged.portfolio.journal import CrashJournal
 from edged.runtime.probe import ProbeResult, probe, record_result, stored_result
 from edged.settings import ValidationSettings
-from edged.store.manifest import Variant
+from edged.store.manifest import CASCADE, Variant
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class Verdicts:
 
     def verdict(self, variant: Variant) -> Verdict:
         """What is known now, without running anything."""
+        if variant.format == CASCADE:
+            return self._cascade_verdict(variant)
         crashes = self.crash_count(variant)
         if crashes >= self.settings.quarantine_after:
             return Verdict(
@@ -113,9 +115,34 @@ class Verdicts:
             return Verdict(VerdictState.UNUSABLE, result.reason, result)
         return Verdict(VerdictState.USABLE, "", result)
 
+    def _cascade_verdict(self, cascade: Variant) -> Verdict:
+        """A cascade is as usable as its stages; its memory and load time are theirs summed."""
+        stages = [self.verdict(v) for v in cascade.options["stage_variants"]]
+        for verdict in stages:
+            if verdict.state is not VerdictState.USABLE:
+                return Verdict(verdict.state, f"a stage is {verdict.state}: {verdict.reason}")
+        results = [v.result for v in stages if v.result is not None]
+        last = results[-1]
+        return Verdict(
+            VerdictState.USABLE,
+            "",
+            ProbeResult(
+                True,
+                load_seconds=sum(r.load_seconds for r in results),
+                memory_bytes=sum(r.memory_bytes for r in results),
+                inputs=results[0].inputs,
+                outputs=last.outputs,
+                platform="edged_cascade",
+            ),
+        )
+
     async def validate(self, variant: Variant) -> ProbeResult:
         """The verdict's probe result, probing the file first if it never ran here (concurrent
         callers share one probe)."""
+        if variant.format == CASCADE:
+            for stage in variant.options["stage_variants"]:
+                await self.validate(stage)
+            return self.verdict(variant).result or ProbeResult(False, self.verdict(variant).reason)
         verdict = self.verdict(variant)
         if verdict.result is not None or verdict.state is VerdictState.QUARANTINED:
             return verdict.result or ProbeResult(False, verdict.reason)

@@ -52,6 +52,7 @@ class Runtime(Protocol):
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     generative: bool
+    staged: bool  # a cascade (runtime/cascade.py): infer_staged says which stage answered
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run the model; blocking, safe to call from several threads at once."""

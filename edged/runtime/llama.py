@@ -24,6 +24,7 @@ EMBEDDING_OUTPUT = "embedding"
 
 class LlamaRuntime:
     platform = "llama_cpp_gguf"
+    staged = False
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         from llama_cpp import Llama

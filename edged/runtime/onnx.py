@@ -40,6 +40,7 @@ def _spec(arg: Any) -> TensorSpec:
 class OnnxRuntime:
     platform = "onnxruntime_onnx"
     generative = False
+    staged = False
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         so = ort.SessionOptions()

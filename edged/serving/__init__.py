@@ -9,9 +9,11 @@ import dataclasses
 from edged.events import Events
 from edged.lifecycle.manager import Lifecycle
 from edged.portfolio.portfolio import Portfolio
+from edged.quality.monitor import QualityMonitor
 from edged.serving.inference import InferenceService, Stream
 from edged.serving.lifecycle import LifecycleService
 from edged.serving.operations import OperationsService
+from edged.serving.quality import QualityService
 from edged.serving.repository import Health, RepositoryService
 from edged.serving.updates import Chunk, Header, UpdateService
 
@@ -22,6 +24,7 @@ __all__ = [
     "InferenceService",
     "LifecycleService",
     "OperationsService",
+    "QualityService",
     "RepositoryService",
     "Serving",
     "Stream",
@@ -37,6 +40,7 @@ class Serving:
     updates: UpdateService | None
     health: Health
     lifecycle: LifecycleService | None = None
+    quality: QualityService | None = None
 
     @classmethod
     def over(
@@ -46,15 +50,20 @@ class Serving:
         updates: UpdateService | None = None,
         workers: int | None = None,
         lifecycle: Lifecycle | None = None,
+        quality: QualityMonitor | None = None,
     ) -> Serving:
         health = Health()
+        monitor = quality or QualityMonitor(portfolio.settings.quality, None, events)
         return cls(
-            InferenceService(portfolio, events, workers or portfolio.settings.server.workers),
-            RepositoryService(portfolio, health),
+            InferenceService(
+                portfolio, events, workers or portfolio.settings.server.workers, monitor
+            ),
+            RepositoryService(portfolio, health, monitor),
             OperationsService(portfolio, lifecycle),
             updates,
             health,
             LifecycleService(lifecycle) if lifecycle is not None else None,
+            QualityService(portfolio, monitor),
         )
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,7 +21,10 @@ from edged.errors import EdgedError, ErrorCode, InvalidInputError
 from edged.events import Events
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.slot import Handle, Lease, Slot
+from edged.quality.monitor import QualityMonitor
+from edged.runtime.cascade import CHECK_SHARE, CascadeRuntime
 from edged.serving.views import Served
+from edged.store.manifest import CASCADE
 from edged.tensors import (
     NUMPY_TO_DATATYPE,
     Array,
@@ -124,10 +128,18 @@ class Stream:
 
 
 class InferenceService:
-    def __init__(self, portfolio: Portfolio, events: Events, workers: int) -> None:
+    def __init__(
+        self,
+        portfolio: Portfolio,
+        events: Events,
+        workers: int,
+        quality: QualityMonitor | None = None,
+    ) -> None:
         self.portfolio = portfolio
         self.events = events
         self.pool = ThreadPoolExecutor(workers, "edged-infer")
+        self.quality = quality or QualityMonitor(portfolio.settings.quality, None, events)
+        self._random = random.Random(0).random
 
     async def infer(
         self,
@@ -137,10 +149,11 @@ class InferenceService:
         requested: Sequence[str],
         params: GenerationParams,
         layout: object | None = None,
+        request_id: str = "",
     ) -> Served:
         """One whole inference. ``layout``: an object standing for the inputs' names,
         datatypes and shapes (a wire.py request layout); a handle that has checked it once does
-        not check it again."""
+        not check it again. ``request_id``: the client's, kept for a later label."""
         portfolio = self.portfolio
         slot, arrived = portfolio.arrive(model, version)
         lease = portfolio.warm_lease(slot, arrived) or await portfolio.cold_lease(slot, arrived)
@@ -152,6 +165,15 @@ class InferenceService:
         finally:
             lease.release()
         slot.reservoir.offer(inputs)
+        quality = self.quality
+        quality.note(
+            model,
+            served.version,
+            served.variant if served.escalated is None else f"{CASCADE}/{served.variant}",
+            request_id,
+            served.outputs,
+            handle.kinds or quality.kinds(handle),
+        )
         observer = slot.observer
         if observer is not None:
             ns = int((time.perf_counter() - arrived) * 1e9)
@@ -199,6 +221,8 @@ class InferenceService:
             check_inputs(model, runtime.inputs, inputs)
             handle.checked_layout = layout
         try:
+            if runtime.staged:
+                return await self._cascade(lease, inputs, requested)
             if runtime.generative:
                 text = "".join([c async for c in self._stream(handle, inputs, params)])
                 outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
@@ -218,6 +242,37 @@ class InferenceService:
             ) from exc
         return Served(
             handle.version, handle.variant.id, select_outputs(model, outputs, requested), lease.cold
+        )
+
+    async def _cascade(
+        self, lease: Lease, inputs: Mapping[str, Array], requested: Sequence[str]
+    ) -> Served:
+        """A cascade's answer: the stage that gave it is the variant the response names; a share
+        of first-stage answers is checked by the last stage off the request path (the
+        threshold's calibration)."""
+        handle = lease.handle
+        cascade = handle.runtime
+        assert isinstance(cascade, CascadeRuntime)
+        loop = asyncio.get_running_loop()
+        if handle.timing.run_inline(_nbytes(inputs)):
+            outputs, stage, _ = handle.timing.timed(cascade.infer_staged, inputs)
+        else:
+            outputs, stage, _ = await loop.run_in_executor(
+                self.pool, handle.timing.timed, cascade.infer_staged, inputs
+            )
+        escalated = stage > 0
+        model = handle.manifest.name
+        self.events.escalated(model, escalated, cascade.saved(stage))
+        if not escalated and self._random() < CHECK_SHARE:
+            handle.acquire()
+            check = loop.run_in_executor(self.pool, cascade.check, inputs, outputs, CHECK_SHARE)
+            check.add_done_callback(lambda _: handle.release())
+        return Served(
+            handle.version,
+            cascade.names[stage],
+            select_outputs(model, outputs, requested),
+            lease.cold,
+            escalated,
         )
 
     async def stream(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from edged.errors import EdgedError, ErrorCode, NotFoundError
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.slot import Slot
+from edged.quality.monitor import QualityMonitor
 from edged.runtime.probe import ProbeResult
 from edged.serving.views import (
     BudgetView,
@@ -31,9 +32,12 @@ class Health:
 
 
 class RepositoryService:
-    def __init__(self, portfolio: Portfolio, health: Health) -> None:
+    def __init__(
+        self, portfolio: Portfolio, health: Health, quality: QualityMonitor | None = None
+    ) -> None:
         self.portfolio = portfolio
         self.health = health
+        self.quality = quality
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -150,7 +154,7 @@ class RepositoryService:
         for version in p.store.versions(slot.name) if with_versions else ():
             manifest = p.store.manifest(slot.name, version)
             variants = []
-            for variant in manifest.variants:
+            for variant in manifest.servable:
                 verdict = p.verdict(variant)
                 serving = (
                     handle is not None
@@ -158,6 +162,16 @@ class RepositoryService:
                     and handle.variant.id == variant.id
                 )
                 result = verdict.result
+                score = (
+                    self.quality.score(slot.name, version, variant.id)
+                    if self.quality is not None
+                    else None
+                )
+                measured = (
+                    self.quality.measured_quality(slot.name, variant.id, variant.quality)
+                    if self.quality is not None
+                    else variant.quality
+                )
                 variants.append(
                     VariantView(
                         variant.id,
@@ -174,6 +188,10 @@ class RepositoryService:
                         else result.load_seconds
                         if result
                         else 0.0,
+                        score.labels if score else 0,
+                        score.accuracy if score else float("nan"),
+                        score.ece if score else float("nan"),
+                        measured,
                     )
                 )
             versions.append(VersionView(version, version == slot.version, tuple(variants)))

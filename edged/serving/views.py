@@ -19,6 +19,7 @@ class Served(NamedTuple):
     variant: str
     outputs: list[tuple[str, Array]]
     cold: bool  # the request waited for a load
+    escalated: bool | None = None  # a cascade's: whether its first stage was unsure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,10 @@ class VariantView:
     serving: bool
     resident_bytes: int
     load_seconds: float
+    labels: int = 0  # labelled answers of this version's variant (docs/quality.md)
+    accuracy: float = float("nan")
+    ece: float = float("nan")
+    measured_quality: float = float("nan")  # what residency scores it with
 
 
 @dataclasses.dataclass(frozen=True)

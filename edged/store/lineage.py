@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edged.errors import ManifestError
 from edged.names import check_name, check_version
+from edged.tensors import TensorSpec
 
 PARTS = ("teacher", "dataset", "compression")
 OUTPUT_KINDS = ("class_scores", "tensor", "text")
@@ -162,3 +164,28 @@ def parse_outputs(raw: Any) -> dict[str, OutputKind]:
             raise ManifestError(f"{where}.{unknown[0]}: unknown key")
         out[str(name)] = OutputKind(spec["kind"], float(tolerance))
     return out
+
+
+_CLASS_HINTS = ("logit", "prob", "score", "class")
+
+
+def output_kinds(
+    declared: Mapping[str, OutputKind], outputs: Sequence[TensorSpec]
+) -> dict[str, OutputKind]:
+    """Each output's kind: as declared, else class scores for a float output of rank 2 whose name
+    says so (logits, probs, scores, classes), text for BYTES, a tensor otherwise."""
+    kinds = {}
+    for spec in outputs:
+        if spec.name in declared:
+            kinds[spec.name] = declared[spec.name]
+        elif spec.datatype == "BYTES":
+            kinds[spec.name] = OutputKind("text")
+        elif (
+            spec.datatype in ("FP32", "FP16", "FP64")
+            and len(spec.shape) == 2
+            and any(h in spec.name.lower() for h in _CLASS_HINTS)
+        ):
+            kinds[spec.name] = OutputKind("class_scores")
+        else:
+            kinds[spec.name] = OutputKind("tensor")
+    return kinds

@@ -7,6 +7,8 @@ checked and every error names the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 from typing import Any
 
@@ -14,7 +16,7 @@ from edged.errors import ManifestError
 from edged.names import SHA256_RE, check_name, check_relative_file, check_version
 from edged.store.lineage import Lineage, OutputKind, parse_lineage, parse_outputs
 
-FORMATS = ("onnx", "gguf")
+FORMATS = ("onnx", "gguf")  # of stored files; a cascade is served as format "cascade"
 SCHEMA = 1
 MAX_MANIFEST_BYTES = 1 << 20
 
@@ -82,6 +84,20 @@ TRANSFER_METHODS = ("patch", "full", "reuse")
 
 
 @dataclasses.dataclass(frozen=True)
+class CascadeSpec:
+    """``cascade``: serve the first stage, escalate to the next when it is unsure
+    (docs/quality.md). ``threshold``: the publisher's calibration, used until the device has
+    calibrated its own."""
+
+    stages: tuple[str, ...]
+    agreement: float = 0.99
+    threshold: float | None = None
+
+
+CASCADE = "cascade"  # the id of the variant a cascade is served as
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -94,12 +110,47 @@ class Manifest:
     # How each output compares between versions; outputs not named here are compared as
     # class scores when the model's signature says so (docs/lifecycle.md), else as tensors.
     outputs: dict[str, OutputKind] = dataclasses.field(default_factory=dict)
+    cascade: CascadeSpec | None = None
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
             if v.id == variant_id:
                 return v
+        if variant_id == CASCADE and self.cascade is not None:
+            return self.cascade_variant
         raise ManifestError(f"model {self.name} version {self.version} has no variant {variant_id}")
+
+    @property
+    def servable(self) -> tuple[Variant, ...]:
+        """What the portfolio can serve: the variants, and the cascade of some of them."""
+        return (*self.variants, self.cascade_variant) if self.cascade else self.variants
+
+    @functools.cached_property
+    def cascade_variant(self) -> Variant:
+        """The cascade as one variant: its stages' files loaded together, its memory their sum,
+        its quality (before labels measure it) its last stage's. Not in ``variants``: nothing
+        is stored, sent or probed for it apart from its stages."""
+        assert self.cascade is not None
+        stages = [self.variant(s) for s in self.cascade.stages]
+        digest = hashlib.sha256("".join(v.sha256 for v in stages).encode()).hexdigest()
+        return Variant(
+            id=CASCADE,
+            format=CASCADE,
+            file=stages[0].file,
+            sha256=digest,
+            size=sum(v.size for v in stages),
+            quantization="+".join(v.quantization or v.id for v in stages),
+            target=stages[-1].target,
+            quality=stages[-1].quality,
+            latency_ms=None,
+            memory_bytes=sum(v.memory_bytes for v in stages),
+            options={
+                "stages": list(self.cascade.stages),
+                "stage_variants": tuple(stages),
+                "agreement": self.cascade.agreement,
+                "threshold": self.cascade.threshold,
+            },
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=True) + "\n"
@@ -238,7 +289,46 @@ def parse(raw: Any) -> Manifest:
     warmup = _warmup(raw["warmup"]) if "warmup" in raw else None
     update = _update(raw["update"], variants) if "update" in raw else None
     outputs = parse_outputs(raw.get("outputs"))
-    return Manifest(name, version, created, lineage, variants, raw, warmup, update, outputs)
+    cascade = _cascade(raw["cascade"], variants) if "cascade" in raw else None
+    return Manifest(
+        name, version, created, lineage, variants, raw, warmup, update, outputs, cascade
+    )
+
+
+def _cascade(raw: Any, variants: tuple[Variant, ...]) -> CascadeSpec:
+    if not isinstance(raw, dict):
+        raise ManifestError("cascade: expected an object with 'stages'")
+    stages = _get(raw, "stages", list, "cascade.")
+    ids = {v.id for v in variants}
+    if len(stages) < 2 or not all(isinstance(s, str) for s in stages):
+        raise ManifestError("cascade.stages: expected two or more variant ids, cheapest first")
+    for stage in stages:
+        if stage not in ids:
+            raise ManifestError(f"cascade.stages: the manifest has no variant {stage!r}")
+    if len(set(stages)) != len(stages):
+        raise ManifestError("cascade.stages: a variant appears twice")
+    if any(v.format != "onnx" for v in variants if v.id in stages):
+        raise ManifestError("cascade.stages: only ONNX variants can be cascaded")
+    agreement = (
+        float(_get(raw, "agreement", (int, float), "cascade.")) if "agreement" in raw else 0.99
+    )
+    if not 0 < agreement <= 1:
+        raise ManifestError(f"cascade.agreement: must be in (0, 1], got {agreement}")
+    threshold = raw.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not 0 <= threshold <= 1
+    ):
+        raise ManifestError(
+            f"cascade.threshold: expected a confidence in [0, 1], got {threshold!r}"
+        )
+    unknown = sorted(set(raw) - {"stages", "agreement", "threshold"})
+    if unknown:
+        raise ManifestError(f"cascade.{unknown[0]}: unknown key")
+    return CascadeSpec(
+        tuple(stages), agreement, float(threshold) if threshold is not None else None
+    )
 
 
 def _digest(obj: dict[str, Any], key: str, where: str) -> str:

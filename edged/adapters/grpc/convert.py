@@ -206,9 +206,10 @@ def infer_response(
     variant: str,
     outputs: Iterable[tuple[str, Array]],
     cold: bool = False,
+    escalated: bool | None = None,
 ) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse()
-    response.CopyFrom(response_head(request.model_name, version, variant, cold))
+    response.CopyFrom(response_head(request.model_name, version, variant, cold, escalated))
     response.id = request.id
     for name, array in outputs:
         datatype, payload, _ = encode_output(array)
@@ -228,13 +229,17 @@ def encode_output(array: Array) -> tuple[str, Any, int]:
 
 
 @functools.lru_cache(maxsize=1024)
-def response_head(model: str, version: str, variant: str, cold: bool) -> pb.ModelInferResponse:
+def response_head(
+    model: str, version: str, variant: str, cold: bool, escalated: bool | None = None
+) -> pb.ModelInferResponse:
     """What every response of one served variant starts with, built once: copying it is cheaper
-    than filling the two parameters per request. Never mutated (callers copy it)."""
+    than filling the parameters per request. Never mutated (callers copy it)."""
     head = pb.ModelInferResponse(model_name=model, model_version=version)
     head.parameters["edged_variant"].string_param = variant
     # True when this request waited for a load: what preloading is meant to avoid.
     head.parameters["edged_cold"].bool_param = cold
+    if escalated is not None:  # a cascade: whether its first stage was unsure
+        head.parameters["edged_escalated"].bool_param = escalated
     return head
 
 

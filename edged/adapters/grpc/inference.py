@@ -86,13 +86,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 params, _ = convert.generation_params(request.parameters)
                 requested = convert.requested_outputs(request)
                 served = await self.inference.infer(
-                    model, request.model_version, inputs, requested, params
+                    model, request.model_version, inputs, requested, params, None, request_id
                 )
                 # Learned only once served: the model exists and the request was valid.
                 self._templates.learn(body, request, inputs, requested, params)
             version = served.version
             reply = wire.infer_response(
-                model, version, served.variant, request_id, served.outputs, served.cold
+                model,
+                version,
+                served.variant,
+                request_id,
+                served.outputs,
+                served.cold,
+                served.escalated,
             )
             ok = True
             return reply

@@ -53,6 +53,10 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
                         serving=variant.serving,
                         resident_bytes=variant.resident_bytes,
                         load_seconds=variant.load_seconds,
+                        labels=variant.labels,
+                        accuracy=variant.accuracy,
+                        ece=variant.ece,
+                        measured_quality=variant.measured_quality,
                     )
         return response
 

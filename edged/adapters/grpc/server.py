@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from edged.adapters.grpc.inference import InferenceServicer
 from edged.adapters.grpc.lifecycle_service import LifecycleServicer
 from edged.adapters.grpc.portfolio_service import PortfolioServicer
+from edged.adapters.grpc.quality_service import QualityServicer
 from edged.adapters.grpc.updates_service import UpdatesServicer
 from edged.api import (
     inference_pb2,
@@ -24,6 +25,8 @@ from edged.api import (
     lifecycle_pb2_grpc,
     portfolio_pb2,
     portfolio_pb2_grpc,
+    quality_pb2,
+    quality_pb2_grpc,
     updates_pb2,
     updates_pb2_grpc,
 )
@@ -38,6 +41,7 @@ SERVICES = (
     portfolio_pb2.DESCRIPTOR.services_by_name["Portfolio"].full_name,
     updates_pb2.DESCRIPTOR.services_by_name["Updates"].full_name,
     lifecycle_pb2.DESCRIPTOR.services_by_name["Lifecycle"].full_name,
+    quality_pb2.DESCRIPTOR.services_by_name["Quality"].full_name,
 )
 
 
@@ -57,6 +61,10 @@ class GrpcServer:
         if serving.lifecycle is not None:
             lifecycle_pb2_grpc.add_LifecycleServicer_to_server(
                 LifecycleServicer(serving.lifecycle), self.server
+            )
+        if serving.quality is not None:
+            quality_pb2_grpc.add_QualityServicer_to_server(
+                QualityServicer(serving.quality), self.server
             )
         if serving.updates is not None:
             updates_pb2_grpc.add_UpdatesServicer_to_server(

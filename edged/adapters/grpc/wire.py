@@ -187,9 +187,10 @@ def infer_response(
     request_id: str,
     outputs: list[tuple[str, Array]],
     cold: bool,
+    escalated: bool | None = None,
 ) -> bytes:
     """A serialized ModelInferResponse, equal to what building the message would give."""
-    parts = [_head(model, version, variant, cold)]
+    parts = [_head(model, version, variant, cold, escalated)]
     if request_id:
         data = request_id.encode()
         parts += (_RESPONSE_ID, varint(len(data)), data)
@@ -203,8 +204,8 @@ def infer_response(
 
 
 @functools.lru_cache(maxsize=1024)
-def _head(model: str, version: str, variant: str, cold: bool) -> bytes:
-    return response_head(model, version, variant, cold).SerializeToString()
+def _head(model: str, version: str, variant: str, cold: bool, escalated: bool | None) -> bytes:
+    return response_head(model, version, variant, cold, escalated).SerializeToString()
 
 
 @functools.lru_cache(maxsize=1024)

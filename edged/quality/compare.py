@@ -13,36 +13,14 @@ class scores: what probation watches for drift (issue 14 builds on it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
-from edged.store.lineage import OutputKind
-from edged.tensors import Array, TensorSpec
+from edged.store.lineage import OutputKind, output_kinds
+from edged.tensors import Array
 
-_CLASS_HINTS = ("logit", "prob", "score", "class")
-
-
-def output_kinds(
-    declared: Mapping[str, OutputKind], outputs: Sequence[TensorSpec]
-) -> dict[str, OutputKind]:
-    """Each output's kind: as declared, else class scores for a float output of rank 2 whose name
-    says so (logits, probs, scores, classes), text for BYTES, a tensor otherwise."""
-    kinds = {}
-    for spec in outputs:
-        if spec.name in declared:
-            kinds[spec.name] = declared[spec.name]
-        elif spec.datatype == "BYTES":
-            kinds[spec.name] = OutputKind("text")
-        elif (
-            spec.datatype in ("FP32", "FP16", "FP64")
-            and len(spec.shape) == 2
-            and any(h in spec.name.lower() for h in _CLASS_HINTS)
-        ):
-            kinds[spec.name] = OutputKind("class_scores")
-        else:
-            kinds[spec.name] = OutputKind("tensor")
-    return kinds
+__all__ = ["agree", "confidence", "output_kinds", "requests_agree", "softmax_top1"]
 
 
 def agree(kind: OutputKind, reference: Array, candidate: Array) -> bool:
