@@ -121,7 +121,7 @@ class Daemon:
             lifecycle=lifecycle,
             quality=quality,
         )
-        self.metrics.watch(serving.repository, serving.lifecycle)
+        self.metrics.watch(serving.repository, serving.lifecycle, serving.quality)
         server = GrpcServer(self.settings.server, serving)
         await server.start()
         await server.set_serving(False)

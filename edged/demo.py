@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from edged.demo_digits import build as build_digits
+
 log = logging.getLogger(__name__)
 
 SEED = 20261124
@@ -388,6 +390,7 @@ def build_demo(out: Path) -> list[Path]:
         _onnx_family(out, "mlp", lambda p: mlp_model(p, (64, 256, 256, 10)), "input", (64,)),
         _onnx_family(out, "cnn", cnn_model, "image", (1, 28, 28)),
         _gguf_family(out),
+        build_digits(out),
     ]
     log.info("demo portfolio written to %s", out)
     return dirs

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from edged.serving.lifecycle import LifecycleService
+from edged.serving.quality import QualityService
 from edged.serving.repository import RepositoryService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -160,9 +161,10 @@ class Metrics:
             ["model", "by"],
             registry=r,
         )
-        self.cascade_saved = Counter(
-            "edged_cascade_compute_saved",
-            "Sum over requests of the share of the last stage's compute a cascade did not spend",
+        self.cascade_spent = Counter(
+            "edged_cascade_compute_spent",
+            "Sum over a cascade's requests of the compute spent, in units of its last stage's "
+            "(saved = 1 - spent / answers)",
             ["model"],
             registry=r,
         )
@@ -201,10 +203,14 @@ class Metrics:
         self.quality_count += 1
 
     def watch(
-        self, repository: RepositoryService, lifecycle: LifecycleService | None = None
+        self,
+        repository: RepositoryService,
+        lifecycle: LifecycleService | None = None,
+        quality: QualityService | None = None,
     ) -> None:
-        """Expose the portfolio's state (and the versions' figures), read at each scrape."""
-        self.registry.register(_PortfolioCollector(repository, lifecycle))
+        """Expose the portfolio's state (the versions' figures, the labels' scores), read at
+        each scrape."""
+        self.registry.register(_PortfolioCollector(repository, lifecycle, quality))
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
@@ -227,7 +233,7 @@ class Metrics:
 
     def escalated(self, model: str, escalated: bool, saved: float) -> None:
         self.cascade_answers.labels(model, "escalated" if escalated else "first").inc()
-        self.cascade_saved.labels(model).inc(saved)
+        self.cascade_spent.labels(model).inc(max(1.0 - saved, 0.0))
 
     def loaded(self, model: str, variant: str, seconds: float) -> None:
         self.loads.labels(model, variant).inc()
@@ -323,9 +329,15 @@ class _RequestCollector(Collector):
 class _PortfolioCollector(Collector):
     """Values read at scrape time from the portfolio's view (on the metrics server's thread)."""
 
-    def __init__(self, repository: RepositoryService, lifecycle: LifecycleService | None) -> None:
+    def __init__(
+        self,
+        repository: RepositoryService,
+        lifecycle: LifecycleService | None,
+        quality: QualityService | None,
+    ) -> None:
         self._repository = repository
         self._lifecycle = lifecycle
+        self._quality = quality
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         view = self._repository.portfolio_view(refresh=False, versions=False)
@@ -380,3 +392,30 @@ class _PortfolioCollector(Collector):
             psi = GaugeMetricFamily("edged_memory_pressure", "Linux PSI memory some avg10 (%)")
             psi.add_metric([], b.psi_some_avg10)
             yield psi
+        if self._quality is not None:
+            yield from self._scores([m.name for m in view.models])
+
+    def _scores(self, models: list[str]) -> Iterator[GaugeMetricFamily]:
+        assert self._quality is not None
+        labels = ["model", "version", "variant"]
+        count = GaugeMetricFamily("edged_labels", "Labelled answers", labels=labels)
+        accuracy = GaugeMetricFamily("edged_label_accuracy", "Accuracy on labels", labels=labels)
+        ece = GaugeMetricFamily("edged_label_ece", "Expected calibration error", labels=labels)
+        measured = GaugeMetricFamily(
+            "edged_measured_quality",
+            "The quality residency scores a variant with (prior moved by labels)",
+            labels=labels,
+        )
+        for model in models:
+            for row in self._quality.report(model).rows:
+                if row.stratum != -1:
+                    continue
+                key = [model, row.version, row.variant]
+                count.add_metric(key, row.labels)
+                accuracy.add_metric(key, row.accuracy)
+                ece.add_metric(key, row.ece)
+                measured.add_metric(key, row.measured_quality)
+        yield count
+        yield accuracy
+        yield ece
+        yield measured

@@ -100,3 +100,71 @@ def register(sub: Any) -> None:
         help="replay in simulated time against the policy code (measured costs from the store)",
     )
     p.set_defaults(fn=cmd_trace_replay)
+    p = trace_sub.add_parser(
+        "digits", help="replay the digits demo's held-out split with delayed labels"
+    )
+    with_client(p)
+    p.add_argument("--model", default="digits")
+    p.add_argument("--heldout", help="heldout.npz (default: the demo's, beside the store)")
+    p.add_argument("--count", type=int, default=10_000, help="at most this many samples")
+    p.add_argument("--delay", type=float, default=0.5, help="seconds before the labels come")
+    p.set_defaults(fn=cmd_trace_digits)
+
+
+def cmd_trace_digits(args: argparse.Namespace) -> int:
+    """Replay the digits demo's held-out split as requests with ids, then report each one's
+    true label (as an application would, later): what answered, how often the cascade
+    escalated, and the accuracy the labels measured."""
+    import time
+
+    import grpc
+    import numpy as np
+
+    from edged.adapters.grpc import convert
+    from edged.api import inference_pb2 as pb
+    from edged.api import inference_pb2_grpc as pb_grpc
+    from edged.api import quality_pb2 as qpb
+    from edged.api import quality_pb2_grpc as qpb_grpc
+
+    path = (
+        Path(args.heldout)
+        if args.heldout
+        else (load_settings(args).store.path.parent / "demo-src" / "digits" / "heldout.npz")
+    )
+    try:
+        data = np.load(path)
+        xs, ys = data["x"][: args.count], data["y"][: args.count]
+    except (OSError, KeyError, ValueError) as exc:
+        raise EdgedError(
+            f"{path}: not the digits held-out split ({exc}); see `edged demo`"
+        ) from None
+    answered: dict[str, int] = {}
+    escalated = right = 0
+    tag = f"{int(time.time())}"
+    with grpc.insecure_channel(address(args)) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        ids = []
+        for i, x in enumerate(xs):
+            request = pb.ModelInferRequest(model_name=args.model, id=f"digits-{tag}-{i}")
+            convert.add_inputs(request, {"input": x[None, :].astype(np.float32)})
+            response = stub.ModelInfer(request, timeout=args.timeout)
+            variant = response.parameters["edged_variant"].string_param
+            answered[variant] = answered.get(variant, 0) + 1
+            escalated += response.parameters["edged_escalated"].bool_param
+            ids.append(request.id)
+        time.sleep(args.delay)
+        labels = qpb_grpc.QualityStub(channel)
+        for request_id, y in zip(ids, ys, strict=True):
+            result = labels.Label(
+                qpb.LabelRequest(model=args.model, request_id=request_id, labels=[int(y)]),
+                timeout=args.timeout,
+            )
+            right += result.correct
+    n = max(len(ids), 1)
+    print(f"{len(ids)} held-out digits sent to {args.model}, then labelled")
+    print(
+        "answered by: " + ", ".join(f"{v} {c} ({c / n:.1%})" for v, c in sorted(answered.items()))
+    )
+    print(f"escalated: {escalated} ({escalated / n:.1%}); accuracy {right / n:.2%}")
+    print(f"(`edged quality {args.model}` and `edged models` show it per variant and stratum)")
+    return 0

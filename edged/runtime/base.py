@@ -59,9 +59,14 @@ class Runtime(Protocol):
         ...
 
     def generate(
-        self, prompt: str, params: GenerationParams, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        params: GenerationParams,
+        should_stop: Callable[[], bool],
+        logprobs: list[float] | None = None,
     ) -> Iterator[str]:
-        """Stream generated text chunks (generative runtimes only)."""
+        """Stream generated text chunks (generative runtimes only); with ``logprobs``, append
+        each generated token's log-probability to it."""
         ...
 
     def warm_up(self, sample: Warmup | None = None) -> None:

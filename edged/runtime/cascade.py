@@ -170,7 +170,11 @@ class CascadeRuntime:
     # -- the Runtime protocol --------------------------------------------------------------------
 
     def generate(
-        self, prompt: str, params: GenerationParams, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        params: GenerationParams,
+        should_stop: Callable[[], bool],
+        logprobs: list[float] | None = None,
     ) -> Iterator[str]:
         raise InvalidInputError("a cascade of classifiers does not generate text")
 

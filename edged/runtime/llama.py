@@ -6,6 +6,7 @@ one GGUF model are served one at a time, in arrival order.
 
 from __future__ import annotations
 
+import codecs
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -61,23 +62,68 @@ class LlamaRuntime:
         return {TEXT_OUTPUT: np.array([text.encode()], dtype=object)}
 
     def generate(
-        self, prompt: str, params: GenerationParams, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        params: GenerationParams,
+        should_stop: Callable[[], bool],
+        logprobs: list[float] | None = None,
     ) -> Iterator[str]:
+        """Stream the completion of ``prompt``, as create_completion would (same prompt tokens,
+        same sampler), one token at a time; with ``logprobs``, the log-probability of each
+        generated token under the distribution it was drawn from is appended to it (what a
+        request's confidence is computed from)."""
         if not self.generative:
             raise InvalidInputError("this GGUF variant serves embeddings, not generation")
+        import llama_cpp
+
+        llm = self._llm
         with self._lock:
-            stream = self._llm.create_completion(
-                prompt,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                stream=True,
-            )
-            for chunk in stream:
-                if should_stop():
+            prompt_tokens = self._prompt_tokens(prompt)
+            n_ctx = llm.n_ctx()
+            if len(prompt_tokens) >= n_ctx:
+                raise InvalidInputError(
+                    f"input tensor {TEXT_INPUT!r}: the prompt is {len(prompt_tokens)} tokens, "
+                    f"the model's context holds {n_ctx}"
+                )
+            vocab, n_vocab = llm._model.vocab, llm.n_vocab()
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            produced: list[int] = []
+            emitted = 0
+            for token in llm.generate(
+                prompt_tokens, top_k=40, top_p=0.95, min_p=0.05, temp=params.temperature
+            ):
+                if should_stop() or llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
-                text = chunk["choices"][0]["text"]  # type: ignore[index]
+                if logprobs is not None:
+                    logits = np.ctypeslib.as_array(
+                        llama_cpp.llama_get_logits(llm._ctx.ctx), shape=(n_vocab,)
+                    )
+                    top = float(logits.max())
+                    logprobs.append(
+                        float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
+                    )
+                produced.append(token)
+                data = llm.detokenize(produced, prev_tokens=prompt_tokens)
+                text = decoder.decode(data[emitted:])
+                emitted = len(data)
                 if text:
-                    yield str(text)
+                    yield text
+                if (
+                    len(produced) >= params.max_tokens
+                    or len(prompt_tokens) + len(produced) >= n_ctx
+                ):
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """As create_completion tokenizes a prompt: BOS when the model wants one, then the text
+        with special tokens parsed."""
+        llm = self._llm
+        bos = llm.token_bos()
+        head = [bos] if bos != -1 and llm._model.add_bos_token() else []
+        return head + (llm.tokenize(prompt.encode(), add_bos=False, special=True) if prompt else [])
 
     def warm_up(self, sample: Warmup | None = None) -> None:
         text = sample.prompt if sample is not None and sample.prompt else "hello"

@@ -70,7 +70,11 @@ class OnnxRuntime:
         return dict(zip(self._output_names, results, strict=True))
 
     def generate(
-        self, prompt: str, params: GenerationParams, should_stop: Callable[[], bool]
+        self,
+        prompt: str,
+        params: GenerationParams,
+        should_stop: Callable[[], bool],
+        logprobs: list[float] | None = None,
     ) -> Iterator[str]:
         raise InvalidInputError("this model is not generative; use ModelInfer with tensors")
 

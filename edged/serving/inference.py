@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import threading
 import time
@@ -173,6 +174,7 @@ class InferenceService:
             request_id,
             served.outputs,
             handle.kinds or quality.kinds(handle),
+            None if served.confidence is None else (served.confidence,),
         )
         observer = slot.observer
         if observer is not None:
@@ -220,12 +222,22 @@ class InferenceService:
         if layout is None or handle.checked_layout is not layout:
             check_inputs(model, runtime.inputs, inputs)
             handle.checked_layout = layout
+        stage = -1
+        outputs: dict[str, Array]
         try:
             if runtime.staged:
-                return await self._cascade(lease, inputs, requested)
-            if runtime.generative:
-                text = "".join([c async for c in self._stream(handle, inputs, params)])
-                outputs: dict[str, Array] = {runtime.outputs[0].name: _text_array(text)}
+                outputs, stage = await self._staged(handle, inputs)
+            elif runtime.generative:
+                logprobs: list[float] = []
+                text = "".join([c async for c in self._stream(handle, inputs, params, logprobs)])
+                outputs = {runtime.outputs[0].name: _text_array(text)}
+                return Served(
+                    handle.version,
+                    handle.variant.id,
+                    select_outputs(model, outputs, requested),
+                    lease.cold,
+                    confidence=token_confidence(logprobs),
+                )
             elif handle.timing.run_inline(_nbytes(inputs)):
                 # Cheaper than the hop to a worker thread and back (docs/performance.md).
                 outputs = handle.timing.timed(runtime.infer, inputs)
@@ -240,12 +252,33 @@ class InferenceService:
                 f"model {model!r} version {handle.version} variant {handle.variant.id} failed "
                 f"on this request: {str(exc)[:500]}"
             ) from exc
+        if stage >= 0:
+            return self._cascaded(lease, inputs, outputs, stage, requested)
         return Served(
             handle.version, handle.variant.id, select_outputs(model, outputs, requested), lease.cold
         )
 
-    async def _cascade(
-        self, lease: Lease, inputs: Mapping[str, Array], requested: Sequence[str]
+    async def _staged(
+        self, handle: Handle, inputs: Mapping[str, Array]
+    ) -> tuple[dict[str, Array], int]:
+        """A cascade's run: (the answer, the stage that gave it)."""
+        cascade = handle.runtime
+        assert isinstance(cascade, CascadeRuntime)
+        if handle.timing.run_inline(_nbytes(inputs)):
+            outputs, stage, _ = handle.timing.timed(cascade.infer_staged, inputs)
+        else:
+            outputs, stage, _ = await asyncio.get_running_loop().run_in_executor(
+                self.pool, handle.timing.timed, cascade.infer_staged, inputs
+            )
+        return outputs, stage
+
+    def _cascaded(
+        self,
+        lease: Lease,
+        inputs: Mapping[str, Array],
+        outputs: dict[str, Array],
+        stage: int,
+        requested: Sequence[str],
     ) -> Served:
         """A cascade's answer: the stage that gave it is the variant the response names; a share
         of first-stage answers is checked by the last stage off the request path (the
@@ -253,19 +286,14 @@ class InferenceService:
         handle = lease.handle
         cascade = handle.runtime
         assert isinstance(cascade, CascadeRuntime)
-        loop = asyncio.get_running_loop()
-        if handle.timing.run_inline(_nbytes(inputs)):
-            outputs, stage, _ = handle.timing.timed(cascade.infer_staged, inputs)
-        else:
-            outputs, stage, _ = await loop.run_in_executor(
-                self.pool, handle.timing.timed, cascade.infer_staged, inputs
-            )
         escalated = stage > 0
         model = handle.manifest.name
         self.events.escalated(model, escalated, cascade.saved(stage))
         if not escalated and self._random() < CHECK_SHARE:
             handle.acquire()
-            check = loop.run_in_executor(self.pool, cascade.check, inputs, outputs, CHECK_SHARE)
+            check = asyncio.get_running_loop().run_in_executor(
+                self.pool, cascade.check, inputs, outputs, CHECK_SHARE
+            )
             check.add_done_callback(lambda _: handle.release())
         return Served(
             handle.version,
@@ -303,11 +331,17 @@ class InferenceService:
             raise
 
         async def chunks() -> AsyncIterator[str]:
+            logprobs: list[float] = []
             try:
-                async for chunk in self._stream(handle, inputs, params):
+                async for chunk in self._stream(handle, inputs, params, logprobs):
                     yield chunk
             finally:
                 lease.release()
+            confidence = token_confidence(logprobs)
+            if confidence is not None:
+                self.quality.note(
+                    model, handle.version, handle.variant.id, "", (), {}, [confidence]
+                )
 
         opened.chunks = chunks()
         return opened
@@ -324,7 +358,11 @@ class InferenceService:
         self.events.request_finished(model, version, ok, elapsed / 1e9)
 
     async def _stream(
-        self, handle: Handle, inputs: Mapping[str, Array], params: GenerationParams
+        self,
+        handle: Handle,
+        inputs: Mapping[str, Array],
+        params: GenerationParams,
+        logprobs: list[float] | None = None,
     ) -> AsyncIterator[str]:
         """Run generation on a worker thread, handing chunks to the loop as they come."""
         runtime = handle.runtime
@@ -336,7 +374,7 @@ class InferenceService:
 
         def work() -> None:
             try:
-                for chunk in runtime.generate(prompt, params, stop.is_set):
+                for chunk in runtime.generate(prompt, params, stop.is_set, logprobs):
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
             except BaseException as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -355,6 +393,13 @@ class InferenceService:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def token_confidence(logprobs: Sequence[float]) -> float | None:
+    """A generation's confidence: the geometric mean probability of its tokens."""
+    if not logprobs:
+        return None
+    return float(math.exp(sum(logprobs) / len(logprobs)))
 
 
 def _nbytes(inputs: Mapping[str, Array]) -> int:

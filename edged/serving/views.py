@@ -20,6 +20,7 @@ class Served(NamedTuple):
     outputs: list[tuple[str, Array]]
     cold: bool  # the request waited for a load
     escalated: bool | None = None  # a cascade's: whether its first stage was unsure
+    confidence: float | None = None  # given by the runtime (generated text: its tokens')
 
 
 @dataclasses.dataclass(frozen=True)

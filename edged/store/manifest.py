@@ -95,6 +95,7 @@ class CascadeSpec:
 
 
 CASCADE = "cascade"  # the id of the variant a cascade is served as
+CASCADE_PREFERENCE = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,8 @@ class Manifest:
             size=sum(v.size for v in stages),
             quantization="+".join(v.quantization or v.id for v in stages),
             target=stages[-1].target,
-            quality=stages[-1].quality,
+            # At equal quality a cascade is preferred to its own stages: it spends less compute.
+            quality=min(stages[-1].quality + CASCADE_PREFERENCE, 1.0),
             latency_ms=None,
             memory_bytes=sum(v.memory_bytes for v in stages),
             options={

@@ -61,7 +61,7 @@ def test_live_ready_and_server_metadata(client: Any) -> None:
 def test_repository_index_lists_the_portfolio(client: Any) -> None:
     index = client.get_model_repository_index()
     by_name = {m.name: m for m in index.models}
-    assert set(by_name) == {"mlp", "cnn", "tinyllama"}
+    assert set(by_name) == {"mlp", "cnn", "tinyllama", "digits"}
     assert all(m.version == "1" and m.state == "READY" for m in by_name.values())
 
 
