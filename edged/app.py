@@ -105,9 +105,9 @@ class Daemon:
         suspects = portfolio.recover_from_crash()
         if suspects:
             log.warning("previous run ended abnormally; suspects: %s", ", ".join(suspects))
-        lifecycle = Lifecycle(portfolio, self.store, self.settings, self.metrics)
-        lifecycle.recover(suspects)
         quality = QualityMonitor(self.settings.quality, self.store.state / "quality", self.metrics)
+        lifecycle = Lifecycle(portfolio, self.store, self.settings, self.metrics, quality=quality)
+        lifecycle.recover(suspects)
         # Residency scores variants with what labels measured here (the manifest's as prior).
         portfolio.costs.quality_of = lambda model, v: quality.measured_quality(
             model, v.id, v.quality

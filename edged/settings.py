@@ -274,6 +274,15 @@ class LifecycleSettings(Section):
     probation_max_error_rate: Probability = Field(0.01, description="runtime errors allowed")
     probation_latency_factor: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     probation_max_psi: Seconds = Field(0.25, description="drift of confidence scores allowed")
+    # The canary (docs/quality.md): after the shadow, the candidate answers this share of real
+    # requests (0: no canary), the hardest stratum sampled hard_factor times more, tested per
+    # stratum (stratified) or over all (the conventional canary).
+    canary_share: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+    canary_hard_factor: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 5.0
+    canary_stratified: bool = True
+    canary_agreement: Probability = Field(0.95, description="per stratum, with the serving one")
+    canary_min_samples: Count = 30
+    canary_max_seconds: Seconds = 300.0
     keep_previous_warm: bool = Field(True, description="keep the old version during probation")
     queue_limit: Count = Field(64, description="requests held during a resource-mode swap")
 

@@ -25,6 +25,7 @@ from edged.lifecycle import lineage as lineage_mod
 from edged.lifecycle.promotion import Context, Promotion
 from edged.portfolio.portfolio import NoRoomError, Portfolio
 from edged.portfolio.verdicts import variant_key
+from edged.quality.monitor import QualityMonitor
 from edged.settings import Settings
 from edged.store.lineage import Lineage
 from edged.store.store import ModelStore, version_key
@@ -60,13 +61,14 @@ class Lifecycle:
         settings: Settings,
         events: Events,
         clock: Callable[[], float] = time.monotonic,
+        quality: QualityMonitor | None = None,
     ) -> None:
         self.portfolio = portfolio
         self.store = store
         self.settings = settings
         self.events = events
         self.pool = ThreadPoolExecutor(1, "edged-lifecycle", initializer=_background_priority)
-        self.context = Context(portfolio, store, settings, events, self.pool, clock)
+        self.context = Context(portfolio, store, settings, events, self.pool, clock, quality)
         self._running: dict[str, asyncio.Task[VersionRecord]] = {}
         self._next: dict[str, str] = {}
 

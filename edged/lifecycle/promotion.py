@@ -20,12 +20,14 @@ from concurrent.futures import Executor
 from edged.errors import EdgedError
 from edged.events import Events
 from edged.lifecycle import gate
+from edged.lifecycle.canary import ALL, Canary
 from edged.lifecycle.probation import Probation
 from edged.lifecycle.shadow import Shadow
 from edged.lifecycle.statistics import AgreementTest, Outcome
 from edged.portfolio.portfolio import NoRoomError, Portfolio
 from edged.portfolio.slot import Handle
 from edged.quality.compare import output_kinds
+from edged.quality.monitor import QualityMonitor
 from edged.runtime.base import warmup_inputs
 from edged.settings import Settings
 from edged.store.lineage import OutputKind
@@ -50,6 +52,7 @@ class Context:
     events: Events
     pool: Executor  # the lifecycle's background thread (nice 10)
     clock: Callable[[], float] = time.monotonic
+    quality: QualityMonitor | None = None  # the strata the canary samples by
 
 
 class Promotion:
@@ -223,6 +226,29 @@ class Promotion:
                 if self.on_insufficient == "hold":
                     await portfolio.release(self.name, "candidate")
                     return self._hold(self._insufficient(what), figures)
+        if self.lifecycle.canary_share > 0 and incumbent is not None:
+            canary = await self._canary(candidate)
+            figures.update(canary.figures())
+            outcome = canary.outcome()
+            if outcome is Outcome.FAIL:
+                await portfolio.release(self.name, "candidate")
+                self.ctx.events.rolled_back(self.name, "canary")
+                return self._finish(
+                    VersionState.ROLLED_BACK,
+                    f"canary: {canary.describe()}",
+                    "rolled_back",
+                    **figures,
+                )
+            if outcome is not Outcome.PASS:
+                what = f"canary inconclusive: {canary.describe()}"
+                if self.on_insufficient == "reject":
+                    await portfolio.release(self.name, "candidate")
+                    return self._finish(
+                        VersionState.REJECTED, self._insufficient(what), "rejected", **figures
+                    )
+                if self.on_insufficient == "hold":
+                    await portfolio.release(self.name, "candidate")
+                    return self._hold(self._insufficient(what), figures)
         self._move(VersionState.PROBATION, "serving; on probation", figures=figures)
         await portfolio.flip(
             self.name,
@@ -257,6 +283,34 @@ class Promotion:
             slot.observer = None
             await shadow.drained()
         return shadow
+
+    async def _canary(self, candidate: Handle) -> Canary:
+        self._phase(Phase.CANARY)
+        s = self.lifecycle
+        quality = self.ctx.quality
+        strata = quality.strata.get(self.name) if quality is not None else None
+        canary = Canary(
+            candidate,
+            self._kinds(candidate),
+            lambda c: quality.stratum(self.name, c) if quality is not None else ALL,
+            strata.count if strata is not None else 1,
+            share=s.canary_share,
+            hard_factor=s.canary_hard_factor,
+            stratified=s.canary_stratified and strata is not None and bool(strata.edges),
+            good=s.canary_agreement,
+            min_samples=s.canary_min_samples,
+            pool=self.ctx.pool,
+            rng=random.Random(hash((self.name, self.version, "canary"))),
+        )
+        slot = self.ctx.portfolio.slot(self.name)
+        slot.router = canary
+        deadline = self.ctx.clock() + s.canary_max_seconds
+        try:
+            while canary.outcome() is Outcome.UNDECIDED and self.ctx.clock() < deadline:
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            slot.router = None
+        return canary
 
     async def _probation(
         self,

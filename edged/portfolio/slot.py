@@ -183,6 +183,14 @@ class Observer(Protocol):
     def failed(self, handle: Handle, error: BaseException) -> None: ...
 
 
+class Router(Protocol):
+    """May answer a request in the serving version's stead (the lifecycle's canary)."""
+
+    async def route(
+        self, inputs: Mapping[str, Array], served: Mapping[str, Array]
+    ) -> dict[str, Array] | None: ...
+
+
 class Slot:
     """A model's place in the portfolio: the serving version, the resident handle, request
     counts. Its state changes only through the methods below (the portfolio calls them with the
@@ -210,6 +218,7 @@ class Slot:
         self.swapping: asyncio.Future[None] | None = None
         self.held = 0
         self.observer: Observer | None = None
+        self.router: Router | None = None
         self.reservoir = Reservoir()
 
     @property

@@ -21,7 +21,7 @@ from typing import Any
 from edged.errors import EdgedError, ErrorCode, InvalidInputError
 from edged.events import Events
 from edged.portfolio.portfolio import Portfolio
-from edged.portfolio.slot import Handle, Lease, Slot
+from edged.portfolio.slot import Handle, Lease, Router, Slot
 from edged.quality.monitor import QualityMonitor
 from edged.runtime.cascade import CHECK_SHARE, CascadeRuntime
 from edged.serving.views import Served
@@ -165,6 +165,9 @@ class InferenceService:
             served = await self._fall_back(slot, handle, failure, inputs, requested, params)
         finally:
             lease.release()
+        router = slot.router
+        if router is not None:
+            served = await self._routed(router, slot, inputs, served, requested)
         slot.reservoir.offer(inputs)
         quality = self.quality
         quality.note(
@@ -181,6 +184,26 @@ class InferenceService:
             ns = int((time.perf_counter() - arrived) * 1e9)
             observer.served(handle, inputs, dict(served.outputs), ns)
         return served
+
+    async def _routed(
+        self,
+        router: Router,
+        slot: Slot,
+        inputs: Mapping[str, Array],
+        served: Served,
+        requested: Sequence[str],
+    ) -> Served:
+        """A canary may answer instead (with all of the serving version's outputs to compare)."""
+        answer = await router.route(inputs, dict(served.outputs))
+        candidate = slot.candidate
+        if answer is None or candidate is None:
+            return served
+        return Served(
+            candidate.version,
+            candidate.variant.id,
+            select_outputs(slot.name, answer, requested),
+            served.cold,
+        )
 
     async def _fall_back(
         self,

@@ -39,6 +39,7 @@ class Phase(enum.StrEnum):
     WARMING = "warming"
     GATING = "gating"
     SHADOWING = "shadowing"
+    CANARY = "canary"  # answering a share of real requests
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,3 +114,96 @@ def test_labels_move_accuracy_and_calibration_and_unknown_ids_are_refused(tmp_pa
     monitor.save()
     again = QualityMonitor(settings.quality, tmp_path / "q", NoEvents())
     assert again.score("m", "1", "fp32").labels == 40  # persisted
+
+
+def digits_version(src: Path, out: Path, version: str, variant: str) -> Path:
+    """A version of a "digits" model with one variant of the demo's (teacher or student)."""
+    import json
+    import shutil
+
+    directory = out / f"digits-{version}"
+    directory.mkdir(parents=True)
+    manifest = json.loads((src / "manifest.json").read_text())
+    chosen = next(v for v in manifest["variants"] if v["id"] == variant)
+    shutil.copy(src / chosen["file"], directory / chosen["file"])
+    manifest.update(version=version, variants=[chosen])
+    manifest.pop("cascade", None)
+    manifest["lineage"]["parent"] = None if version == "1" else "1"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+@pytest.mark.parametrize("stratified", [True, False])
+def test_a_tail_regression_is_caught_by_the_stratified_canary_and_missed_by_a_uniform_one(
+    tmp_path: Path, demo_src: Path, stratified: bool
+) -> None:
+    """Version 2 is the distilled student: it agrees with the teacher (version 1) on 98.6% of
+    the held-out digits but on only ~88% of the hardest 10%. A canary of the same share, in the
+    same window: stratified (the hard stratum sampled 5x, tested on its own) takes it back; the
+    conventional one (uniform, one test) passes it."""
+    from edged.lifecycle.manager import Lifecycle
+    from edged.store.versions import VersionState
+
+    store = ModelStore(tmp_path / "store")
+    src = demo_src / "digits"
+    store.import_dir(digits_version(src, tmp_path / "src", "1", "teacher-fp32"))
+    store.import_dir(digits_version(src, tmp_path / "src", "2", "student-fp32"), activate=False)
+    heldout = np.load(src / "heldout.npz")
+    settings = make_settings(
+        lifecycle={
+            "gate_min_samples": 10,
+            "shadow_share": 0.5,
+            "shadow_agreement": 0.9,
+            "shadow_min_samples": 20,
+            "shadow_max_seconds": 5,
+            "canary_share": 0.2,
+            "canary_hard_factor": 5.0,
+            "canary_stratified": stratified,
+            "canary_min_samples": 30,
+            "canary_max_seconds": 60,
+            "probation_seconds": 1,
+            "probation_requests": 20,
+        }
+    )
+    portfolio = open_portfolio(
+        store, tmp_path, settings, prober=DeclaredProber(), system=quiet_system(tmp_path)
+    )
+    monitor = QualityMonitor(settings.quality, None, NoEvents())
+    inference = InferenceService(portfolio, NoEvents(), 2, monitor)
+    lifecycle = Lifecycle(portfolio, store, settings, NoEvents(), quality=monitor)
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        rng = np.random.default_rng(5)
+        while not stop.is_set():
+            x = heldout["x"][rng.integers(len(heldout["x"]))]
+            await inference.infer("digits", "", {"input": x[None, :]}, [], PARAMS)
+            await asyncio.sleep(0.001)
+
+    async def run() -> VersionState:
+        load = asyncio.ensure_future(traffic())
+        try:
+            while not monitor.strata.get("digits") or not monitor.strata["digits"].edges:
+                await asyncio.sleep(0.05)  # the strata are learned from version 1's answers
+            lifecycle.activate("digits", "2")
+            task = lifecycle.running("digits")
+            assert task is not None
+            return (await asyncio.wait_for(task, 120)).state
+        finally:
+            stop.set()
+            await load
+            await lifecycle.close()
+            inference.close()
+            await portfolio.close()
+            portfolio.journal.close()
+
+    state = asyncio.run(run())
+    record = store.record("digits", "2")
+    if stratified:
+        assert state is VersionState.ROLLED_BACK, record
+        assert record.reason.startswith("canary: stratum 0:"), record.reason
+        assert record.figures["canary_agreement_0"] < 0.95
+        assert store.active("digits") == "1"
+    else:
+        assert state is VersionState.COMMITTED, record
+        assert record.figures["canary_agreement_all"] >= 0.95

@@ -1,0 +1,124 @@
+"""The stratified canary: a candidate answers a share of real requests (its answers are the ones
+returned), sampled more often in the hardest stratum, and its disagreement with the serving
+version is tested per stratum (docs/quality.md).
+
+Each request's stratum is the serving version's confidence on it, so the serving version runs
+first; a sampled request is then answered by the candidate too, and the candidate's answer is
+returned. The hardest stratum (the bottom 10% of this device's confidence by default) is sampled
+``hard_factor`` times more often, so the tail — where a distilled or quantized student is worse
+than its teacher — is evaluated within the window instead of being diluted in the bulk. With
+``stratified`` off it is the conventional canary: one test over all sampled requests, sampled
+uniformly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+
+from edged.lifecycle.statistics import AgreementTest, Outcome
+from edged.portfolio.slot import Handle
+from edged.quality.compare import confidence, requests_agree
+from edged.store.lineage import OutputKind
+from edged.tensors import Array
+
+HARDEST = 0
+ALL = -1
+
+
+class Canary:
+    def __init__(
+        self,
+        candidate: Handle,
+        kinds: Mapping[str, OutputKind],
+        stratum_of: Callable[[Sequence[float]], int],
+        strata: int,
+        *,
+        share: float,
+        hard_factor: float,
+        stratified: bool,
+        good: float,
+        min_samples: int,
+        pool: Executor,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.candidate = candidate
+        self.kinds = dict(kinds)
+        self.stratum_of = stratum_of
+        self.share = share
+        self.hard_factor = hard_factor if stratified else 1.0
+        self.stratified = stratified
+        bad = max(good - 0.04, 0.5)
+        keys = range(strata) if stratified else (ALL,)
+        self.tests = {k: AgreementTest(good, bad, min_samples=min_samples) for k in keys}
+        self.pool = pool
+        self._random = (rng or random.Random()).random
+        self.requests = 0  # requests seen
+        self.answered = 0  # of them answered by the candidate
+
+    async def route(
+        self, inputs: Mapping[str, Array], served: Mapping[str, Array]
+    ) -> dict[str, Array] | None:
+        """On the request path, after the serving version answered: the candidate's answer for
+        a sampled request (to return instead), else None."""
+        self.requests += 1
+        stratum = self.stratum_of(confidence(self.kinds, served))
+        if self.stratified and stratum == ALL:
+            return None  # the strata are not learned yet: nothing to sample by
+        share = self.share * (self.hard_factor if stratum == HARDEST else 1.0)
+        if self._random() >= min(share, 1.0):
+            return None
+        self.candidate.acquire()
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.candidate.runtime.infer, inputs
+            )
+        except Exception:
+            return None  # the serving version's answer stands; probation would see errors
+        finally:
+            self.candidate.release()
+        self.answered += 1
+        test = self.tests[stratum if self.stratified else ALL]
+        test.observe(requests_agree(self.kinds, served, answer))
+        return answer
+
+    def outcome(self) -> Outcome:
+        """FAIL when any stratum fails; PASS when every one passes; else undecided."""
+        outcomes = [t.outcome for t in self.tests.values()]
+        if Outcome.FAIL in outcomes:
+            return Outcome.FAIL
+        if all(o is Outcome.PASS for o in outcomes):
+            return Outcome.PASS
+        return Outcome.UNDECIDED
+
+    def describe(self) -> str:
+        """Per stratum: agreement, its 95% interval, samples, verdict."""
+        parts = []
+        for key, test in self.tests.items():
+            label = "all" if key == ALL else f"stratum {key}"
+            lo, hi = wilson(test.agreed, test.samples)
+            parts.append(
+                f"{label}: {test.rate:.1%} [{lo:.1%}, {hi:.1%}] on {test.samples} ({test.outcome})"
+            )
+        return "; ".join(parts)
+
+    def figures(self) -> dict[str, float]:
+        out = {"canary_requests": float(self.requests), "canary_answered": float(self.answered)}
+        for key, test in self.tests.items():
+            name = "all" if key == ALL else str(key)
+            out[f"canary_agreement_{name}"] = test.rate
+            out[f"canary_samples_{name}"] = float(test.samples)
+        return out
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
