@@ -2,22 +2,25 @@
 first sign of a regression (docs/lifecycle.md).
 
 Watched: runtime errors (each one answered by the previous version kept warm, so no request
-fails), live latency against the figures the gate measured, and the drift of the top-1
-confidence of its answers against the previous version's, measured on the same recent traffic
-(PSI, with the Kolmogorov-Smirnov statistic beside it). Crashes are the crash journal's: a daemon
-that died while the new version served comes back serving the committed one.
+fails), live latency against the previous version's, the drift of the top-1 confidence of its
+answers against the previous version's on the same recent traffic (PSI, with the
+Kolmogorov-Smirnov statistic beside it), and delayed labels when enough come in for both.
+Crashes are the crash journal's: a daemon that died while the new version served comes back
+serving the committed one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from edged.lifecycle.statistics import Outcome, ks_critical, ks_statistic, percentiles, psi
 from edged.portfolio.slot import Handle
 from edged.quality.compare import confidence
+from edged.quality.labels import Score
 from edged.settings import LifecycleSettings
 from edged.store.lineage import OutputKind
 from edged.tensors import Array
@@ -26,6 +29,8 @@ MIN_ERROR_REQUESTS = 20  # requests before an error *rate* is judged (3 errors f
 MAX_ERRORS = 3
 MIN_LATENCY_SAMPLES = 100
 MIN_DRIFT_SAMPLES = 100
+MIN_LABELS = 50
+LABEL_Z = 2.33
 DRIFT_ALPHA = 0.001
 CONFIDENCE_EVERY = 1  # one answer in this many has its confidence noted
 
@@ -50,6 +55,7 @@ class Probation:
         live_baseline_ms: Sequence[float],
         settings: LifecycleSettings,
         clock: Callable[[], float] = time.monotonic,
+        labels: Callable[[], tuple[Score, Score]] | None = None,
     ) -> None:
         self.handle = handle
         self.kinds = dict(kinds)
@@ -60,6 +66,9 @@ class Probation:
         self.live_baseline = percentiles(live_baseline_ms) if len(live_baseline_ms) >= 50 else None
         self._began = time.perf_counter()
         self._next_drift_look = MIN_DRIFT_SAMPLES
+        # (this version's labelled answers, the previous version's): delayed labels that came
+        # in meanwhile.
+        self.labels = labels
         self.settings = settings
         self.clock = clock
         self.started = clock()
@@ -96,6 +105,26 @@ class Probation:
         self.confidences.extend(confidence(self.kinds, outputs))
 
     # -- the verdict -----------------------------------------------------------------------------
+
+    def _labels(self) -> Verdict | None:
+        """Labels, when enough have come for both versions: a one-sided two-proportion z-test
+        of this version's accuracy against the previous one's (z > 2.33, p < 0.01)."""
+        if self.labels is None:
+            return None
+        new, old = self.labels()
+        if new.labels < MIN_LABELS or old.labels < MIN_LABELS:
+            return None
+        pooled = (new.correct + old.correct) / (new.labels + old.labels)
+        spread = math.sqrt(pooled * (1 - pooled) * (1 / new.labels + 1 / old.labels))
+        if spread == 0 or (old.accuracy - new.accuracy) / spread <= LABEL_Z:
+            return None
+        return Verdict(
+            Outcome.FAIL,
+            f"labels: accuracy {new.accuracy:.1%} on {new.labels} labelled answers against "
+            f"{old.accuracy:.1%} on {old.labels} for the previous version",
+            "labels",
+            {"probation_label_accuracy": new.accuracy, "previous_label_accuracy": old.accuracy},
+        )
 
     def _latency_reference(
         self,
@@ -157,6 +186,9 @@ class Probation:
                     "drift",
                     {"probation_psi": shift, "probation_ks": ks},
                 )
+        labelled = self._labels()
+        if labelled is not None:
+            return labelled
         elapsed = self.clock() - self.started
         if elapsed >= s.probation_seconds and (
             n >= s.probation_requests or elapsed >= 2 * s.probation_seconds

@@ -27,6 +27,7 @@ from edged.lifecycle.statistics import AgreementTest, Outcome
 from edged.portfolio.portfolio import NoRoomError, Portfolio
 from edged.portfolio.slot import Handle
 from edged.quality.compare import output_kinds
+from edged.quality.labels import Score
 from edged.quality.monitor import QualityMonitor
 from edged.runtime.base import warmup_inputs
 from edged.settings import Settings
@@ -328,6 +329,7 @@ class Promotion:
             live_ms or (),
             self.lifecycle,
             self.ctx.clock,
+            self._label_scores(),
         )
         slot.observer = watch
         try:
@@ -338,6 +340,18 @@ class Promotion:
         if verdict.outcome is Outcome.PASS:
             return await self._commit(verdict.reason, verdict.figures)
         return await self._roll_back(verdict.reason, verdict.kind, verdict.figures)
+
+    def _label_scores(self) -> Callable[[], tuple[Score, Score]] | None:
+        quality = self.ctx.quality
+        committed = self.ctx.store.active(self.name)
+        if quality is None or committed is None:
+            return None
+
+        def scores() -> tuple[Score, Score]:
+            quality.flush()
+            return quality.score(self.name, self.version), quality.score(self.name, committed)
+
+        return scores
 
     async def _commit(self, reason: str, figures: dict[str, float]) -> VersionRecord:
         # The pointer is the commit record: moved first, so a crash right after it leaves the

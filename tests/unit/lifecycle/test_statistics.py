@@ -63,3 +63,33 @@ def test_drift_measures_see_a_shift_and_not_a_resample() -> None:
     assert ks_statistic(reference, shifted) > ks_critical(400, 200)
     assert ks_statistic([0.0, 1.0], [0.0, 1.0]) == 0.0
     assert ks_critical(100, 100, 0.01) == pytest.approx(0.2302, abs=1e-3)
+
+
+def test_probation_rolls_back_on_labels_that_say_the_new_version_is_worse() -> None:
+    import asyncio
+
+    from edged.lifecycle.probation import Probation
+    from edged.quality.labels import Score
+    from edged.settings import LifecycleSettings
+
+    def score(correct: int, labels: int) -> Score:
+        s = Score()
+        for i in range(labels):
+            s.add(0.9, i < correct)
+        return s
+
+    async def verdict(new: Score, old: Score) -> Outcome:
+        watch = Probation(
+            None,  # type: ignore[arg-type]  (the handle is not looked at here)
+            {},
+            [],
+            None,
+            (),
+            LifecycleSettings(probation_seconds=3600),
+            labels=lambda: (new, old),
+        )
+        return watch.verdict().outcome
+
+    assert asyncio.run(verdict(score(80, 100), score(97, 100))) is Outcome.FAIL
+    assert asyncio.run(verdict(score(95, 100), score(97, 100))) is Outcome.UNDECIDED
+    assert asyncio.run(verdict(score(10, 20), score(97, 100))) is Outcome.UNDECIDED  # too few
