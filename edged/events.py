@@ -21,8 +21,11 @@ class Events(Protocol):
     def served(self, model: str, quality: float) -> None:
         """A request was leased to a variant of this declared quality."""
 
-    def confidence(self, model: str, variant: str, value: float) -> None:
-        """The top-1 confidence of one answer (row), off the request path."""
+    def confidence(
+        self, model: str, variant: str, value: float, margin: float, entropy: float
+    ) -> None:
+        """One answer's (row's) top-1 confidence, margin to the second class and normalized
+        entropy (NaN when not known: generated text), off the request path."""
 
     def escalated(self, model: str, escalated: bool, saved: float) -> None:
         """A cascade answered with its first stage or escalated; ``saved``: the share of the
@@ -81,7 +84,9 @@ class NoEvents:
     def served(self, model: str, quality: float) -> None:
         pass
 
-    def confidence(self, model: str, variant: str, value: float) -> None:
+    def confidence(
+        self, model: str, variant: str, value: float, margin: float, entropy: float
+    ) -> None:
         pass
 
     def escalated(self, model: str, escalated: bool, saved: float) -> None:

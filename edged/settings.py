@@ -266,7 +266,13 @@ class LifecycleSettings(Section):
     shadow_share: Probability = Field(0.25, description="live requests mirrored to a candidate")
     shadow_min_samples: Count = Field(50, description="before the shadow test may decide")
     shadow_max_seconds: Seconds = Field(120.0, description="then the shadow is inconclusive")
-    shadow_agreement: Probability = Field(0.99, description="agreement a candidate must keep")
+    shadow_agreement: Probability = Field(
+        0.99, description="agreement a candidate must keep, in every difficulty stratum"
+    )
+    shadow_stratified: bool = True
+    shadow_hard_factor: Annotated[float, Field(ge=1, allow_inf_nan=False)] = Field(
+        5.0, description="how much more often the hardest stratum is mirrored"
+    )
     # What an inconclusive gate or shadow does (too little traffic, too slow a model).
     on_insufficient_traffic: Insufficient = "promote"
     probation_requests: Count = Field(200, description="requests watched after the flip")

@@ -9,6 +9,7 @@ passed in, never the global one.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -155,6 +156,21 @@ class Metrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
             registry=r,
         )
+        self.margins = Histogram(
+            "edged_confidence_margin",
+            "Top-1 minus top-2 probability of class-score answers, by model and variant",
+            ["model", "variant"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=r,
+        )
+        self.entropies = Histogram(
+            "edged_confidence_entropy",
+            "Entropy of class-score answers over that of the uniform distribution (0: certain, "
+            "1: no idea), by model and variant",
+            ["model", "variant"],
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+            registry=r,
+        )
         self.cascade_answers = Counter(
             "edged_cascade_answers",
             "Requests to a cascade, by who answered (first: its first stage; escalated)",
@@ -228,8 +244,13 @@ class Metrics:
         self.quality_sum += quality
         self.quality_count += 1
 
-    def confidence(self, model: str, variant: str, value: float) -> None:
+    def confidence(
+        self, model: str, variant: str, value: float, margin: float, entropy: float
+    ) -> None:
         self.confidences.labels(model, variant).observe(value)
+        if not math.isnan(margin):  # class scores (generated text has no margin)
+            self.margins.labels(model, variant).observe(margin)
+            self.entropies.labels(model, variant).observe(entropy)
 
     def escalated(self, model: str, escalated: bool, saved: float) -> None:
         self.cascade_answers.labels(model, "escalated" if escalated else "first").inc()

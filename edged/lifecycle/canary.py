@@ -14,19 +14,16 @@ uniformly.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
-from edged.lifecycle.statistics import AgreementTest, Outcome
+from edged.lifecycle.statistics import Outcome
+from edged.lifecycle.stratified import ALL, HARDEST, PerStratum
 from edged.portfolio.slot import Handle
 from edged.quality.compare import confidence, requests_agree
 from edged.store.lineage import OutputKind
 from edged.tensors import Array
-
-HARDEST = 0
-ALL = -1
 
 
 class Canary:
@@ -49,11 +46,15 @@ class Canary:
         self.kinds = dict(kinds)
         self.stratum_of = stratum_of
         self.share = share
-        self.hard_factor = hard_factor if stratified else 1.0
-        self.stratified = stratified
-        bad = max(good - 0.04, 0.5)
-        keys = range(strata) if stratified else (ALL,)
-        self.tests = {k: AgreementTest(good, bad, min_samples=min_samples) for k in keys}
+        self.tests = PerStratum(
+            strata,
+            stratified=stratified,
+            good=good,
+            bad=max(good - 0.04, 0.5),
+            min_samples=min_samples,
+        )
+        self.stratified = self.tests.stratified
+        self.hard_factor = hard_factor if self.stratified else 1.0
         self.pool = pool
         self._random = (rng or random.Random()).random
         self.requests = 0  # requests seen
@@ -81,44 +82,16 @@ class Canary:
         finally:
             self.candidate.release()
         self.answered += 1
-        test = self.tests[stratum if self.stratified else ALL]
-        test.observe(requests_agree(self.kinds, served, answer))
+        self.tests.observe(stratum, requests_agree(self.kinds, served, answer))
         return answer
 
     def outcome(self) -> Outcome:
-        """FAIL when any stratum fails; PASS when every one passes; else undecided."""
-        outcomes = [t.outcome for t in self.tests.values()]
-        if Outcome.FAIL in outcomes:
-            return Outcome.FAIL
-        if all(o is Outcome.PASS for o in outcomes):
-            return Outcome.PASS
-        return Outcome.UNDECIDED
+        return self.tests.outcome()
 
     def describe(self) -> str:
-        """Per stratum: agreement, its 95% interval, samples, verdict."""
-        parts = []
-        for key, test in self.tests.items():
-            label = "all" if key == ALL else f"stratum {key}"
-            lo, hi = wilson(test.agreed, test.samples)
-            parts.append(
-                f"{label}: {test.rate:.1%} [{lo:.1%}, {hi:.1%}] on {test.samples} ({test.outcome})"
-            )
-        return "; ".join(parts)
+        return self.tests.describe()
 
     def figures(self) -> dict[str, float]:
         out = {"canary_requests": float(self.requests), "canary_answered": float(self.answered)}
-        for key, test in self.tests.items():
-            name = "all" if key == ALL else str(key)
-            out[f"canary_agreement_{name}"] = test.rate
-            out[f"canary_samples_{name}"] = float(test.samples)
+        out.update(self.tests.figures("canary"))
         return out
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -14,16 +14,17 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from edged.errors import EdgedError
 from edged.events import Events
 from edged.lifecycle import gate
-from edged.lifecycle.canary import ALL, Canary
+from edged.lifecycle.canary import Canary
 from edged.lifecycle.probation import Probation
 from edged.lifecycle.shadow import Shadow
-from edged.lifecycle.statistics import AgreementTest, Outcome
+from edged.lifecycle.statistics import Outcome
+from edged.lifecycle.stratified import ALL, PerStratum
 from edged.portfolio.portfolio import NoRoomError, Portfolio
 from edged.portfolio.slot import Handle
 from edged.quality.compare import output_kinds
@@ -199,25 +200,23 @@ class Promotion:
         live_ms: list[float] = []
         if incumbent is not None:
             shadow = await self._shadow(candidate, incumbent)
-            figures.update(
-                shadow_samples=float(shadow.test.samples), shadow_agreement=shadow.test.rate
-            )
-            outcome = shadow.test.outcome
+            figures.update(shadow.tests.figures("shadow"))
+            outcome = shadow.tests.outcome()
             baseline += shadow.incumbent_confidence
             live_ms = shadow.live_ms
             if outcome is Outcome.FAIL:
                 await portfolio.release(self.name, "candidate")
                 wanted = self.lifecycle.shadow_agreement
                 reason = (
-                    f"shadow: agreement {shadow.test.rate:.1%} with the serving version on "
-                    f"{shadow.test.samples} mirrored requests (wanted {wanted:.0%})"
+                    f"shadow: agreement with the serving version {shadow.tests.describe()} "
+                    f"(wanted {wanted:.0%} in every stratum)"
                     + (f"; first error: {shadow.first_error}" if shadow.first_error else "")
                 )
                 return self._finish(VersionState.REJECTED, reason, "rejected", **figures)
             if outcome is not Outcome.PASS:
                 what = (
-                    f"shadow inconclusive: {shadow.test.samples} mirrored requests in "
-                    f"{self.lifecycle.shadow_max_seconds:g} s (agreement {shadow.test.rate:.1%})"
+                    f"shadow inconclusive: {shadow.tests.samples} mirrored requests in "
+                    f"{self.lifecycle.shadow_max_seconds:g} s ({shadow.tests.describe()})"
                 )
                 if self.on_insufficient == "reject":
                     await portfolio.release(self.name, "candidate")
@@ -261,7 +260,10 @@ class Promotion:
     async def _shadow(self, candidate: Handle, incumbent: Handle) -> Shadow:
         self._phase(Phase.SHADOWING)
         s = self.lifecycle
-        test = AgreementTest(
+        stratum_of, strata = self._strata()
+        tests = PerStratum(
+            strata,
+            stratified=s.shadow_stratified,
             good=s.shadow_agreement,
             bad=max(s.shadow_agreement - 0.04, 0.5),
             min_samples=s.shadow_min_samples,
@@ -269,35 +271,45 @@ class Promotion:
         shadow = Shadow(
             candidate,
             self._kinds(candidate),
-            test,
+            tests,
             s.shadow_share,
             self.ctx.pool,
-            random.Random(hash((self.name, self.version))),
+            stratum_of=stratum_of,
+            hard_factor=s.shadow_hard_factor,
+            rng=random.Random(hash((self.name, self.version))),
         )
         slot = self.ctx.portfolio.slot(self.name)
         slot.observer = shadow
         deadline = self.ctx.clock() + s.shadow_max_seconds
         try:
-            while test.outcome is Outcome.UNDECIDED and self.ctx.clock() < deadline:
+            while tests.outcome() is Outcome.UNDECIDED and self.ctx.clock() < deadline:
                 await asyncio.sleep(POLL_SECONDS)
         finally:
             slot.observer = None
             await shadow.drained()
         return shadow
 
+    def _strata(self) -> tuple[Callable[[Sequence[float]], int], int]:
+        """How a request's stratum is found, and how many there are (1 until the quality
+        monitor has learned this model's)."""
+        quality = self.ctx.quality
+        strata = quality.strata.get(self.name) if quality is not None else None
+        if quality is None or strata is None or not strata.edges:
+            return (lambda _: ALL), 1
+        return (lambda c: quality.stratum(self.name, c)), strata.count
+
     async def _canary(self, candidate: Handle) -> Canary:
         self._phase(Phase.CANARY)
         s = self.lifecycle
-        quality = self.ctx.quality
-        strata = quality.strata.get(self.name) if quality is not None else None
+        stratum_of, strata = self._strata()
         canary = Canary(
             candidate,
             self._kinds(candidate),
-            lambda c: quality.stratum(self.name, c) if quality is not None else ALL,
-            strata.count if strata is not None else 1,
+            stratum_of,
+            strata,
             share=s.canary_share,
             hard_factor=s.canary_hard_factor,
-            stratified=s.canary_stratified and strata is not None and bool(strata.edges),
+            stratified=s.canary_stratified,
             good=s.canary_agreement,
             min_samples=s.canary_min_samples,
             pool=self.ctx.pool,

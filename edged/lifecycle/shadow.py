@@ -1,19 +1,22 @@
 """Shadow comparison: a sampled share of live requests is mirrored to the candidate, off the
-request path, and its answers compared with the serving version's (never returned to anyone).
+request path, and its answers compared with the serving version's (never returned to anyone),
+per difficulty stratum (lifecycle/stratified.py): the hardest stratum is mirrored
+``hard_factor`` times more often, and the candidate passes only when every stratum passes.
 
-The request path only draws a random number and, for a sampled request, hands its inputs and
-the answer it got to the lifecycle's background thread (at most ``MAX_INFLIGHT`` at once: when
-the candidate falls behind, requests are skipped, never queued). A sequential test decides.
+The request path only draws a random number and, for a request that may be sampled, works out
+its stratum from the answer it got and hands its inputs to the lifecycle's background thread (at
+most ``MAX_INFLIGHT`` at once: when the candidate falls behind, requests are skipped, never
+queued). A sequential test per stratum decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
-from edged.lifecycle.statistics import AgreementTest
+from edged.lifecycle.stratified import ALL, HARDEST, PerStratum
 from edged.portfolio.slot import Handle
 from edged.quality.compare import confidence, requests_agree
 from edged.store.lineage import OutputKind
@@ -29,15 +32,20 @@ class Shadow:
         self,
         candidate: Handle,
         kinds: Mapping[str, OutputKind],
-        test: AgreementTest,
+        tests: PerStratum,
         share: float,
         pool: Executor,
+        *,
+        stratum_of: Callable[[Sequence[float]], int] = lambda _: ALL,
+        hard_factor: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
         self.candidate = candidate
         self.kinds = dict(kinds)
-        self.test = test
+        self.tests = tests
         self.share = share
+        self.hard_factor = hard_factor if tests.stratified else 1.0
+        self.stratum_of = stratum_of
         self.pool = pool
         self._random = (rng or random.Random()).random
         self.inflight = 0
@@ -57,22 +65,35 @@ class Shadow:
         self, handle: Handle, inputs: Mapping[str, Array], outputs: dict[str, Array], ns: int
     ) -> None:
         self.live_ms.append(ns / 1e6)
-        if self._random() >= self.share:
+        draw = self._random()
+        if draw >= self.share * self.hard_factor:
             return
+        stratum = ALL
+        if self.tests.stratified:  # only a request that may be mirrored pays for its stratum
+            stratum = self.stratum_of(confidence(self.kinds, outputs))
+            if stratum != HARDEST and draw >= self.share:
+                return
         if self.inflight >= MAX_INFLIGHT or self.candidate.runtime.generative:
             self.skipped += 1
             return
         self.inflight += 1
         self.candidate.acquire()
         future = self._loop.run_in_executor(self.pool, self.candidate.runtime.infer, inputs)
-        future.add_done_callback(lambda f: self._compared(f, outputs))
+        uniform = draw < self.share  # the oversampled tail must not skew the baseline
+        future.add_done_callback(lambda f: self._compared(f, outputs, stratum, uniform))
 
     def failed(self, handle: Handle, error: BaseException) -> None:
         pass
 
     # -- the background --------------------------------------------------------------------------
 
-    def _compared(self, future: asyncio.Future[dict[str, Array]], live: dict[str, Array]) -> None:
+    def _compared(
+        self,
+        future: asyncio.Future[dict[str, Array]],
+        live: dict[str, Array],
+        stratum: int,
+        uniform: bool,
+    ) -> None:
         self.inflight -= 1
         self.candidate.release()
         if future.cancelled():
@@ -81,12 +102,13 @@ class Shadow:
         if error is not None:
             self.errors += 1
             self.first_error = self.first_error or str(error)
-            self.test.observe(False)
+            self.tests.observe(stratum, False)
         else:
             answer = future.result()
-            self.test.observe(requests_agree(self.kinds, live, answer))
-            self.incumbent_confidence.extend(confidence(self.kinds, live))
-            self.candidate_confidence.extend(confidence(self.kinds, answer))
+            self.tests.observe(stratum, requests_agree(self.kinds, live, answer))
+            if uniform:  # what probation's drift check takes as the serving version's picture
+                self.incumbent_confidence.extend(confidence(self.kinds, live))
+                self.candidate_confidence.extend(confidence(self.kinds, answer))
         self.changed.set()
 
     async def drained(self) -> None:

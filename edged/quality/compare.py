@@ -20,7 +20,7 @@ import numpy as np
 from edged.store.lineage import OutputKind, output_kinds
 from edged.tensors import Array
 
-__all__ = ["agree", "confidence", "output_kinds", "requests_agree", "softmax_top1"]
+__all__ = ["agree", "class_scores", "confidence", "output_kinds", "requests_agree", "softmax_top1"]
 
 
 def agree(kind: OutputKind, reference: Array, candidate: Array) -> bool:
@@ -50,23 +50,43 @@ def requests_agree(
     return True
 
 
-def softmax_top1(scores: Array) -> Array:
-    """Top-1 probability of each row: of a softmax when the rows are logits, of the row itself
-    when it already is a distribution (non-negative, summing to 1)."""
+def probabilities(scores: Array) -> Array:
+    """Each row as a distribution: a softmax when the row is logits, the row itself when it
+    already is one (non-negative, summing to 1 within 1e-3), decided per row in one pass."""
     rows = np.asarray(scores, dtype=np.float64).reshape(-1, scores.shape[-1])
-    sums = rows.sum(axis=-1)
-    if np.all(rows >= 0) and np.allclose(sums, 1.0, atol=1e-3):
-        return np.asarray(rows.max(axis=-1))
-    shifted = rows - rows.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(1.0 / exp.sum(axis=-1))  # the top class's exp(0) over the sum
+    is_distribution = (rows.min(axis=-1) >= 0) & (np.abs(rows.sum(axis=-1) - 1.0) <= 1e-3)
+    exp = np.exp(rows - rows.max(axis=-1, keepdims=True))
+    exp /= exp.sum(axis=-1, keepdims=True)
+    return np.asarray(np.where(is_distribution[:, None], rows, exp))
 
 
-def confidence(kinds: Mapping[str, OutputKind], outputs: Mapping[str, Array]) -> list[float]:
-    """Per row, the top-1 probability of the first class-score output (empty when none)."""
+def softmax_top1(scores: Array) -> Array:
+    """Top-1 probability of each row."""
+    return np.asarray(probabilities(scores).max(axis=-1))
+
+
+def measures(scores: Array) -> tuple[Array, Array, Array]:
+    """Per row: the top-1 probability, the margin to the second, and the entropy normalized
+    to [0, 1] by that of the uniform distribution over the classes."""
+    p = probabilities(scores)
+    top2 = np.partition(p, p.shape[-1] - 2, axis=-1)[:, -2:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(p), 0.0)
+    entropy = -plogp.sum(axis=-1) / np.log(p.shape[-1])
+    return top2[:, 1], top2[:, 1] - top2[:, 0], np.asarray(entropy)
+
+
+def class_scores(kinds: Mapping[str, OutputKind], outputs: Mapping[str, Array]) -> Array | None:
+    """The first class-score output as rows of scores (None when the answer has none)."""
     for name, kind in kinds.items():
         if kind.kind == "class_scores" and name in outputs:
             array = outputs[name]
             if array.ndim >= 1 and array.shape[-1] >= 2:
-                return [float(x) for x in softmax_top1(array)]
-    return []
+                return array.reshape(-1, array.shape[-1])
+    return None
+
+
+def confidence(kinds: Mapping[str, OutputKind], outputs: Mapping[str, Array]) -> list[float]:
+    """Per row, the top-1 probability of the first class-score output (empty when none)."""
+    rows = class_scores(kinds, outputs)
+    return [] if rows is None else softmax_top1(rows).tolist()

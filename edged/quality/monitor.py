@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 
 from edged.events import Events
 from edged.portfolio.slot import Handle
-from edged.quality.compare import confidence, output_kinds
+from edged.quality.compare import measures, output_kinds
 from edged.quality.labels import Answer, LabelBook, Score
 from edged.quality.strata import Strata, load_all, save_all
 from edged.settings import QualitySettings
@@ -33,6 +35,7 @@ from edged.tensors import Array
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.05
+FLUSH_CHUNK = 256  # answers scored per loop callback (~1-3 ms here)
 
 # (model, version, variant, request id, outputs, kinds, confidences given by the runtime)
 Noted = tuple[
@@ -81,37 +84,55 @@ class QualityMonitor:
         self._pending.append((model, version, variant, request_id, outputs, kinds, given))
         if self._timer is None:
             try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_some)
             except RuntimeError:  # no loop (a caller outside the daemon): at once
                 self.flush()
 
     # -- off the request path --------------------------------------------------------------------
 
+    def _flush_some(self) -> None:
+        """The timer's flush: at most ``FLUSH_CHUNK`` answers per loop callback, so that a burst
+        never holds the loop (and the requests waiting on it) for more than a few ms."""
+        self._timer = None
+        self._score(self._pending[:FLUSH_CHUNK])
+        del self._pending[:FLUSH_CHUNK]
+        if self._pending:
+            self._timer = asyncio.get_running_loop().call_later(0, self._flush_some)
+
     def flush(self) -> None:
+        """Score everything noted so far (before a label is looked up, or a save)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
+        self._score(pending)
+
+    def _score(self, pending: Sequence[Noted]) -> None:
+        if not pending:
+            return
         now = self.clock()
-        for model, version, variant, request_id, outputs, kinds, given in pending:
-            answer = dict(outputs)
-            confidences = list(given) if given is not None else confidence(kinds, answer)
-            if not confidences:
+        scored = _score_all(pending)
+        by_model: dict[str, list[float]] = {}
+        for noted, answer in zip(pending, scored, strict=True):
+            by_model.setdefault(noted[0], []).extend(answer.confidence)
+        for model, confidences in by_model.items():  # the strata learn before answers go in them
+            self.strata.setdefault(model, Strata()).observe(confidences)
+        for (model, version, variant, request_id, *_), answer in zip(pending, scored, strict=True):
+            if not answer.confidence:
                 continue
-            strata = self.strata.setdefault(model, Strata())
-            strata.observe(confidences)
-            for c in confidences:
-                self.events.confidence(model, variant, c)
+            for row in zip(answer.confidence, answer.margin, answer.entropy, strict=True):
+                self.events.confidence(model, variant, *row)
             if request_id:
+                strata = self.strata[model]
                 self.book.note(
                     model,
                     request_id,
                     Answer(
                         version,
                         variant,
-                        strata.stratum(min(confidences)),
-                        _predicted(kinds, answer),
-                        tuple(confidences),
+                        strata.stratum(min(answer.confidence)),
+                        answer.predicted,
+                        tuple(answer.confidence),
                         now,
                     ),
                 )
@@ -159,9 +180,53 @@ class QualityMonitor:
             log.warning("could not persist the quality state: %s", exc)
 
 
-def _predicted(kinds: Mapping[str, OutputKind], outputs: Mapping[str, Array]) -> tuple[int, ...]:
-    for name, kind in kinds.items():
-        if kind.kind == "class_scores" and name in outputs:
-            array = np.asarray(outputs[name])
-            return tuple(int(x) for x in array.reshape(-1, array.shape[-1]).argmax(axis=-1))
-    return ()
+@dataclasses.dataclass
+class Scored:
+    """One answer's per-row confidence (top-1), margin, entropy and predicted class."""
+
+    confidence: list[float]
+    margin: list[float]
+    entropy: list[float]
+    predicted: tuple[int, ...]
+
+
+def _score_all(pending: Sequence[Noted]) -> list[Scored]:
+    """Every noted answer's measures and predicted classes (per row), the class scores of all
+    of them stacked by width and scored in one vectorized pass: a flush of thousands of answers
+    costs a few numpy calls, not a few per answer. A confidence the runtime gave (a cascade's
+    answering stage, a generation's tokens) stands; margin and entropy are then unknown (NaN)."""
+    out = [
+        Scored(list(p[6]), [math.nan] * len(p[6]), [math.nan] * len(p[6]), ())
+        if p[6] is not None
+        else Scored([], [], [], ())
+        for p in pending
+    ]
+    by_width: dict[int, list[tuple[int, Array]]] = {}
+    for i, (_, _, _, _, outputs, kinds, _) in enumerate(pending):
+        for name, array in outputs:  # the first class-score output in the answer
+            kind = kinds.get(name)
+            if (
+                kind is not None
+                and kind.kind == "class_scores"
+                and array.ndim
+                and array.shape[-1] > 1
+            ):
+                width = array.shape[-1]
+                by_width.setdefault(width, []).append((i, array.reshape(-1, width)))
+                break
+    for group in by_width.values():
+        stacked = np.concatenate([rows for _, rows in group])
+        top1, margin, entropy = (m.tolist() for m in measures(stacked))
+        argmax = stacked.argmax(axis=-1).tolist()
+        at = 0
+        for i, rows in group:
+            n = len(rows)
+            predicted = tuple(argmax[at : at + n])
+            if pending[i][6] is None:
+                out[i] = Scored(
+                    top1[at : at + n], margin[at : at + n], entropy[at : at + n], predicted
+                )
+            else:
+                out[i].predicted = predicted
+            at += n
+    return out

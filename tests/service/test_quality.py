@@ -14,6 +14,7 @@ from edged.quality.monitor import QualityMonitor
 from edged.serving.inference import InferenceService
 from edged.serving.quality import QualityService
 from edged.store.store import ModelStore
+from edged.store.versions import VersionRecord, VersionState
 from edged.tensors import GenerationParams
 from tests.portfolios import DeclaredProber, make_settings, open_portfolio, quiet_system
 
@@ -141,8 +142,68 @@ def test_a_tail_regression_is_caught_by_the_stratified_canary_and_missed_by_a_un
     the held-out digits but on only ~88% of the hardest 10%. A canary of the same share, in the
     same window: stratified (the hard stratum sampled 5x, tested on its own) takes it back; the
     conventional one (uniform, one test) passes it."""
+    state, record, active = promote_the_student(
+        tmp_path,
+        demo_src,
+        {
+            "shadow_share": 0.5,
+            "shadow_stratified": False,
+            "shadow_agreement": 0.9,
+            "shadow_min_samples": 20,
+            "shadow_max_seconds": 5,
+            "canary_share": 0.2,
+            "canary_hard_factor": 5.0,
+            "canary_stratified": stratified,
+            "canary_min_samples": 30,
+            "canary_max_seconds": 60,
+        },
+    )
+    if stratified:
+        assert state is VersionState.ROLLED_BACK, record
+        assert record.reason.startswith("canary: stratum 0:"), record.reason
+        assert record.figures["canary_agreement_0"] < 0.95
+        assert active == "1"
+    else:
+        assert state is VersionState.COMMITTED, record
+        assert record.figures["canary_agreement_all"] >= 0.95
+
+
+@pytest.mark.parametrize("stratified", [True, False])
+def test_the_shadow_judges_every_stratum_and_a_candidate_passes_only_if_all_pass(
+    tmp_path: Path, demo_src: Path, stratified: bool
+) -> None:
+    """The same student in the shadow (answers thrown away): per stratum, with the hardest
+    mirrored 5x as often, it is rejected on stratum 0; judged over everything it passes."""
+    state, record, active = promote_the_student(
+        tmp_path,
+        demo_src,
+        {
+            "shadow_share": 0.3,
+            "shadow_stratified": stratified,
+            "shadow_hard_factor": 3.0,
+            "shadow_agreement": 0.95,
+            "shadow_min_samples": 30,
+            "shadow_max_seconds": 60,
+        },
+    )
+    assert active == ("1" if stratified else "2")
+    if stratified:
+        assert state is VersionState.REJECTED, record
+        assert "stratum 0:" in record.reason and "(fail)" in record.reason, record.reason
+        assert record.figures["shadow_agreement_0"] < 0.95
+        assert record.figures["shadow_samples_3"] > 0  # every stratum was tested
+    else:
+        assert state is VersionState.COMMITTED, record
+        assert record.figures["shadow_agreement"] >= 0.95
+        assert "shadow_agreement_0" not in record.figures
+
+
+def promote_the_student(
+    tmp_path: Path, demo_src: Path, lifecycle: dict[str, object]
+) -> tuple[VersionState, VersionRecord, str | None]:
+    """Serve the digits teacher as version 1 under held-out traffic until the strata are
+    learned, then promote the student as version 2: (its end state, record, the active one)."""
     from edged.lifecycle.manager import Lifecycle
-    from edged.store.versions import VersionState
 
     store = ModelStore(tmp_path / "store")
     src = demo_src / "digits"
@@ -152,17 +213,9 @@ def test_a_tail_regression_is_caught_by_the_stratified_canary_and_missed_by_a_un
     settings = make_settings(
         lifecycle={
             "gate_min_samples": 10,
-            "shadow_share": 0.5,
-            "shadow_agreement": 0.9,
-            "shadow_min_samples": 20,
-            "shadow_max_seconds": 5,
-            "canary_share": 0.2,
-            "canary_hard_factor": 5.0,
-            "canary_stratified": stratified,
-            "canary_min_samples": 30,
-            "canary_max_seconds": 60,
             "probation_seconds": 1,
             "probation_requests": 20,
+            **lifecycle,
         }
     )
     portfolio = open_portfolio(
@@ -170,7 +223,7 @@ def test_a_tail_regression_is_caught_by_the_stratified_canary_and_missed_by_a_un
     )
     monitor = QualityMonitor(settings.quality, None, NoEvents())
     inference = InferenceService(portfolio, NoEvents(), 2, monitor)
-    lifecycle = Lifecycle(portfolio, store, settings, NoEvents(), quality=monitor)
+    manager = Lifecycle(portfolio, store, settings, NoEvents(), quality=monitor)
     stop = asyncio.Event()
 
     async def traffic() -> None:
@@ -185,25 +238,17 @@ def test_a_tail_regression_is_caught_by_the_stratified_canary_and_missed_by_a_un
         try:
             while not monitor.strata.get("digits") or not monitor.strata["digits"].edges:
                 await asyncio.sleep(0.05)  # the strata are learned from version 1's answers
-            lifecycle.activate("digits", "2")
-            task = lifecycle.running("digits")
+            manager.activate("digits", "2")
+            task = manager.running("digits")
             assert task is not None
             return (await asyncio.wait_for(task, 120)).state
         finally:
             stop.set()
             await load
-            await lifecycle.close()
+            await manager.close()
             inference.close()
             await portfolio.close()
             portfolio.journal.close()
 
     state = asyncio.run(run())
-    record = store.record("digits", "2")
-    if stratified:
-        assert state is VersionState.ROLLED_BACK, record
-        assert record.reason.startswith("canary: stratum 0:"), record.reason
-        assert record.figures["canary_agreement_0"] < 0.95
-        assert store.active("digits") == "1"
-    else:
-        assert state is VersionState.COMMITTED, record
-        assert record.figures["canary_agreement_all"] >= 0.95
+    return state, store.record("digits", "2"), store.active("digits")
