@@ -18,10 +18,11 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
-from edged.lifecycle.statistics import Outcome
+from edged.lifecycle.statistics import Outcome, less_accurate
 from edged.lifecycle.stratified import ALL, HARDEST, PerStratum
 from edged.portfolio.slot import Handle
 from edged.quality.compare import confidence, requests_agree
+from edged.quality.labels import Score
 from edged.store.lineage import OutputKind
 from edged.tensors import Array
 
@@ -41,8 +42,13 @@ class Canary:
         min_samples: int,
         pool: Executor,
         rng: random.Random | None = None,
+        labels: Callable[[int], tuple[Score, Score]] | None = None,
     ) -> None:
         self.candidate = candidate
+        # Per stratum (ALL: everything), the candidate's and the serving version's labelled
+        # answers: delayed labels that came in meanwhile judge the candidate too.
+        self.labels = labels
+        self.label_failure = ""
         self.kinds = dict(kinds)
         self.stratum_of = stratum_of
         self.share = share
@@ -62,9 +68,9 @@ class Canary:
 
     async def route(
         self, inputs: Mapping[str, Array], served: Mapping[str, Array]
-    ) -> dict[str, Array] | None:
+    ) -> tuple[dict[str, Array], int] | None:
         """On the request path, after the serving version answered: the candidate's answer for
-        a sampled request (to return instead), else None."""
+        a sampled request (to return instead) and the request's stratum, else None."""
         self.requests += 1
         stratum = self.stratum_of(confidence(self.kinds, served))
         if self.stratified and stratum == ALL:
@@ -83,13 +89,31 @@ class Canary:
             self.candidate.release()
         self.answered += 1
         self.tests.observe(stratum, requests_agree(self.kinds, served, answer))
-        return answer
+        return answer, stratum
 
     def outcome(self) -> Outcome:
-        return self.tests.outcome()
+        """FAIL when a stratum's agreement fails, or its labels say the candidate is less
+        accurate than the serving version (compared stratum by stratum: the candidate answers
+        more of the hard stratum, so a comparison over all would be biased against it)."""
+        if self.labels is not None and not self.label_failure:
+            for key in self.tests.tests:
+                new, old = self.labels(key)
+                if less_accurate(new.correct, new.labels, old.correct, old.labels):
+                    label = "all" if key == ALL else f"stratum {key}"
+                    self.label_failure = (
+                        f"labels, {label}: accuracy {new.accuracy:.1%} on {new.labels} labelled "
+                        f"answers against {old.accuracy:.1%} on {old.labels} for the serving "
+                        "version"
+                    )
+                    break
+        return Outcome.FAIL if self.label_failure else self.tests.outcome()
 
     def describe(self) -> str:
-        return self.tests.describe()
+        return (
+            f"{self.label_failure}; {self.tests.describe()}"
+            if self.label_failure
+            else (self.tests.describe())
+        )
 
     def figures(self) -> dict[str, float]:
         out = {"canary_requests": float(self.requests), "canary_answered": float(self.answered)}

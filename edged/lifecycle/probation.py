@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from edged.lifecycle.statistics import Outcome, ks_critical, ks_statistic, percentiles, psi
+from edged.lifecycle.statistics import (
+    Outcome,
+    ks_critical,
+    ks_statistic,
+    less_accurate,
+    percentiles,
+    psi,
+)
 from edged.portfolio.slot import Handle
 from edged.quality.compare import confidence
 from edged.quality.labels import Score
@@ -29,8 +35,6 @@ MIN_ERROR_REQUESTS = 20  # requests before an error *rate* is judged (3 errors f
 MAX_ERRORS = 3
 MIN_LATENCY_SAMPLES = 100
 MIN_DRIFT_SAMPLES = 100
-MIN_LABELS = 50
-LABEL_Z = 2.33
 DRIFT_ALPHA = 0.001
 CONFIDENCE_EVERY = 1  # one answer in this many has its confidence noted
 
@@ -112,11 +116,7 @@ class Probation:
         if self.labels is None:
             return None
         new, old = self.labels()
-        if new.labels < MIN_LABELS or old.labels < MIN_LABELS:
-            return None
-        pooled = (new.correct + old.correct) / (new.labels + old.labels)
-        spread = math.sqrt(pooled * (1 - pooled) * (1 / new.labels + 1 / old.labels))
-        if spread == 0 or (old.accuracy - new.accuracy) / spread <= LABEL_Z:
+        if not less_accurate(new.correct, new.labels, old.correct, old.labels):
             return None
         return Verdict(
             Outcome.FAIL,

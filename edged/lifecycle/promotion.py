@@ -314,6 +314,7 @@ class Promotion:
             min_samples=s.canary_min_samples,
             pool=self.ctx.pool,
             rng=random.Random(hash((self.name, self.version, "canary"))),
+            labels=self._stratum_label_scores(),
         )
         slot = self.ctx.portfolio.slot(self.name)
         slot.router = canary
@@ -362,6 +363,22 @@ class Promotion:
         def scores() -> tuple[Score, Score]:
             quality.flush()
             return quality.score(self.name, self.version), quality.score(self.name, committed)
+
+        return scores
+
+    def _stratum_label_scores(self) -> Callable[[int], tuple[Score, Score]] | None:
+        quality = self.ctx.quality
+        committed = self.ctx.store.active(self.name)
+        if quality is None or committed is None:
+            return None
+
+        def scores(stratum: int) -> tuple[Score, Score]:
+            quality.flush()
+            within = None if stratum == ALL else stratum
+            return (
+                quality.book.total(self.name, self.version, stratum=within),
+                quality.book.total(self.name, committed, stratum=within),
+            )
 
         return scores
 

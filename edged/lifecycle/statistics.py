@@ -108,3 +108,18 @@ def ks_statistic(reference: Sequence[float], current: Sequence[float]) -> float:
 def ks_critical(n: int, m: int, alpha: float = 0.01) -> float:
     """The statistic above which two samples of sizes n and m differ at level ``alpha``."""
     return math.sqrt(-0.5 * math.log(alpha / 2)) * math.sqrt((n + m) / (n * m))
+
+
+MIN_LABELS = 50
+LABEL_Z = 2.33  # one-sided, p < 0.01
+
+
+def less_accurate(new_correct: int, new_n: int, old_correct: int, old_n: int) -> bool:
+    """Whether the new version's accuracy on its labelled answers is significantly below the
+    old one's: a one-sided two-proportion z-test (z > 2.33), never on fewer than
+    ``MIN_LABELS`` labels for either."""
+    if new_n < MIN_LABELS or old_n < MIN_LABELS:
+        return False
+    pooled = (new_correct + old_correct) / (new_n + old_n)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / new_n + 1 / old_n))
+    return spread > 0 and (old_correct / old_n - new_correct / new_n) / spread > LABEL_Z

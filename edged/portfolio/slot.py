@@ -184,11 +184,12 @@ class Observer(Protocol):
 
 
 class Router(Protocol):
-    """May answer a request in the serving version's stead (the lifecycle's canary)."""
+    """May answer a request in the serving version's stead (the lifecycle's canary): its
+    answer, and the request's difficulty stratum by the serving version's confidence."""
 
     async def route(
         self, inputs: Mapping[str, Array], served: Mapping[str, Array]
-    ) -> dict[str, Array] | None: ...
+    ) -> tuple[dict[str, Array], int] | None: ...
 
 
 class Slot:

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.05
 FLUSH_CHUNK = 256  # answers scored per loop callback (~1-3 ms here)
 
-# (model, version, variant, request id, outputs, kinds, confidences given by the runtime)
+# (model, version, variant, request id, outputs, kinds, confidences given by the runtime,
+# stratum known on the request path)
 Noted = tuple[
     str,
     str,
@@ -46,6 +47,7 @@ Noted = tuple[
     Sequence[tuple[str, Array]],
     Mapping[str, OutputKind],
     Sequence[float] | None,
+    int | None,
 ]
 
 
@@ -80,8 +82,9 @@ class QualityMonitor:
         outputs: Sequence[tuple[str, Array]],
         kinds: Mapping[str, OutputKind],
         given: Sequence[float] | None = None,
+        stratum: int | None = None,
     ) -> None:
-        self._pending.append((model, version, variant, request_id, outputs, kinds, given))
+        self._pending.append((model, version, variant, request_id, outputs, kinds, given, stratum))
         if self._timer is None:
             try:
                 self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_some)
@@ -117,7 +120,8 @@ class QualityMonitor:
             by_model.setdefault(noted[0], []).extend(answer.confidence)
         for model, confidences in by_model.items():  # the strata learn before answers go in them
             self.strata.setdefault(model, Strata()).observe(confidences)
-        for (model, version, variant, request_id, *_), answer in zip(pending, scored, strict=True):
+        for noted, answer in zip(pending, scored, strict=True):
+            model, version, variant, request_id = noted[:4]
             if not answer.confidence:
                 continue
             for row in zip(answer.confidence, answer.margin, answer.entropy, strict=True):
@@ -130,7 +134,7 @@ class QualityMonitor:
                     Answer(
                         version,
                         variant,
-                        strata.stratum(min(answer.confidence)),
+                        strata.stratum(min(answer.confidence)) if noted[7] is None else noted[7],
                         answer.predicted,
                         tuple(answer.confidence),
                         now,
@@ -202,7 +206,7 @@ def _score_all(pending: Sequence[Noted]) -> list[Scored]:
         for p in pending
     ]
     by_width: dict[int, list[tuple[int, Array]]] = {}
-    for i, (_, _, _, _, outputs, kinds, _) in enumerate(pending):
+    for i, (_, _, _, _, outputs, kinds, *_) in enumerate(pending):
         for name, array in outputs:  # the first class-score output in the answer
             kind = kinds.get(name)
             if (

@@ -178,6 +178,7 @@ class InferenceService:
             served.outputs,
             handle.kinds or quality.kinds(handle),
             None if served.confidence is None else (served.confidence,),
+            served.stratum,
         )
         observer = slot.observer
         if observer is not None:
@@ -194,15 +195,17 @@ class InferenceService:
         requested: Sequence[str],
     ) -> Served:
         """A canary may answer instead (with all of the serving version's outputs to compare)."""
-        answer = await router.route(inputs, dict(served.outputs))
+        routed = await router.route(inputs, dict(served.outputs))
         candidate = slot.candidate
-        if answer is None or candidate is None:
+        if routed is None or candidate is None:
             return served
+        answer, stratum = routed
         return Served(
             candidate.version,
             candidate.variant.id,
             select_outputs(slot.name, answer, requested),
             served.cold,
+            stratum=stratum,
         )
 
     async def _fall_back(

@@ -21,6 +21,9 @@ class Served(NamedTuple):
     cold: bool  # the request waited for a load
     escalated: bool | None = None  # a cascade's: whether its first stage was unsure
     confidence: float | None = None  # given by the runtime (generated text: its tokens')
+    # The request's difficulty stratum when known on the path (a canary's: by the serving
+    # version's confidence, not the candidate's that answered).
+    stratum: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,5 +72,11 @@ def test_labels_cascade_and_confidence_through_the_daemon(tmp_path: Path, demo_s
         ), [k for k in values if "label" in k]
         cascade = sum(v for k, v in values.items() if k.startswith("edged_cascade_answers_total{"))
         assert cascade >= 300
+        for measure in ("margin", "entropy"):  # of the class scores; generated text has none
+            counts = {
+                k: v for k, v in values.items() if k.startswith(f"edged_confidence_{measure}_count")
+            }
+            assert sum(v for k, v in counts.items() if 'model="digits"' in k) >= 300, counts
+            assert not any('model="tinyllama"' in k for k in counts), counts
     finally:
         daemon.stop()

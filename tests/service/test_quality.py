@@ -198,11 +198,38 @@ def test_the_shadow_judges_every_stratum_and_a_candidate_passes_only_if_all_pass
         assert "shadow_agreement_0" not in record.figures
 
 
+def test_delayed_labels_take_back_a_candidate_that_agreement_has_not_judged_yet(
+    tmp_path: Path, demo_src: Path
+) -> None:
+    """The application labels every answer. In the hardest stratum (by the serving version's
+    confidence) the teacher is right on ~81% of the digits and the student on ~72%: with the
+    canary's agreement tests kept from deciding, the labels of the stratum alone take the student
+    back — compared stratum by stratum, since the canary gives it most of the hard requests."""
+    state, record, active = promote_the_student(
+        tmp_path,
+        demo_src,
+        {
+            "shadow_share": 0.01,
+            "shadow_max_seconds": 0.1,
+            "canary_share": 0.2,
+            "canary_hard_factor": 5.0,
+            "canary_min_samples": 1_000_000,  # agreement never decides here
+            "canary_max_seconds": 90,
+        },
+        labels_first=300,
+    )
+    assert state is VersionState.ROLLED_BACK, record
+    assert record.reason.startswith("canary: labels, stratum 0: accuracy"), record.reason
+    assert active == "1"
+
+
 def promote_the_student(
-    tmp_path: Path, demo_src: Path, lifecycle: dict[str, object]
+    tmp_path: Path, demo_src: Path, lifecycle: dict[str, object], labels_first: int = 0
 ) -> tuple[VersionState, VersionRecord, str | None]:
     """Serve the digits teacher as version 1 under held-out traffic until the strata are
-    learned, then promote the student as version 2: (its end state, record, the active one)."""
+    learned, then promote the student as version 2: (its end state, record, the active one).
+    With ``labels_first``, every request carries an id and is labelled at once with its digit,
+    and the promotion starts when version 1 has that many labels in the hardest stratum."""
     from edged.lifecycle.manager import Lifecycle
 
     store = ModelStore(tmp_path / "store")
@@ -228,16 +255,28 @@ def promote_the_student(
 
     async def traffic() -> None:
         rng = np.random.default_rng(5)
+        sent = 0
         while not stop.is_set():
-            x = heldout["x"][rng.integers(len(heldout["x"]))]
-            await inference.infer("digits", "", {"input": x[None, :]}, [], PARAMS)
+            i = rng.integers(len(heldout["x"]))
+            x = {"input": heldout["x"][i][None, :]}
+            request_id = f"r{sent}" if labels_first else ""
+            await inference.infer("digits", "", x, [], PARAMS, None, request_id)
+            if labels_first:
+                monitor.label("digits", request_id, [int(heldout["y"][i])])
+            sent += 1
             await asyncio.sleep(0.001)
+
+    def ready() -> bool:
+        strata = monitor.strata.get("digits")
+        if strata is None or not strata.edges:  # learned from version 1's answers
+            return False
+        return monitor.book.total("digits", "1", stratum=0).labels >= labels_first
 
     async def run() -> VersionState:
         load = asyncio.ensure_future(traffic())
         try:
-            while not monitor.strata.get("digits") or not monitor.strata["digits"].edges:
-                await asyncio.sleep(0.05)  # the strata are learned from version 1's answers
+            while not ready():
+                await asyncio.sleep(0.05)
             manager.activate("digits", "2")
             task = manager.running("digits")
             assert task is not None

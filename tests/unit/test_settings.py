@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,23 @@ def test_shipped_configs_load(name: str) -> None:
     cfg = config.load(ROOT / "configs" / name)
     assert cfg.server.unix_socket
     assert cfg.memory.budget.resolve(total_memory=2**30) > 0
+
+
+def test_the_shipped_config_documents_every_key() -> None:
+    """configs/edged.toml is the reference: every section and key of every section appears in
+    it (set or commented out), so a new setting cannot be added without documenting it."""
+    text = (ROOT / "configs" / "edged.toml").read_text()
+    missing = []
+    for section, field in config.Settings.model_fields.items():
+        keys = getattr(field.annotation, "model_fields", None)
+        if keys is None:  # [models.<name>] tables and the file's own path
+            continue
+        if not re.search(rf"^\[{section}\]", text, re.M):
+            missing.append(f"[{section}]")
+        missing += [
+            f"{section}.{key}" for key in keys if not re.search(rf"^#?\s*{key}\s*=", text, re.M)
+        ]
+    assert missing == []
 
 
 def test_demo_config_keeps_everything_under_var() -> None:
