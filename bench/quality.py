@@ -36,7 +36,8 @@ import onnxruntime as ort  # noqa: E402
 
 from edged.demo_digits import STUDENT, TEACHER, build, multiply_adds  # noqa: E402
 from edged.events import NoEvents  # noqa: E402
-from edged.lifecycle.statistics import AgreementTest, Outcome  # noqa: E402
+from edged.lifecycle.statistics import Outcome  # noqa: E402
+from edged.lifecycle.stratified import PerStratum  # noqa: E402
 from edged.quality.monitor import QualityMonitor  # noqa: E402
 from edged.quality.strata import Strata  # noqa: E402
 from edged.runtime.cascade import Calibration, top1  # noqa: E402
@@ -141,21 +142,17 @@ def canary_section(directory: Path, seeds: int = 30) -> list[str]:
 
     def run(seed: int, factor: float, per_stratum: bool) -> tuple[int, Outcome]:
         rng = np.random.default_rng(seed)
-        tests = (
-            {k: AgreementTest(0.95, 0.91, min_samples=30) for k in range(strata.count)}
-            if per_stratum
-            else {-1: AgreementTest(0.95, 0.91, min_samples=30)}
+        tests = PerStratum(
+            strata.count, stratified=per_stratum, good=0.95, bad=0.91, min_samples=30
         )
         for n in range(1, 200_000):
             i = rng.integers(len(x))
             s = int(stratum[i])
             if rng.random() < min(share * (factor if s == 0 else 1.0), 1.0):
-                tests[s if per_stratum else -1].observe(bool(agree[i]))
-            outcomes = [t.outcome for t in tests.values()]
-            if Outcome.FAIL in outcomes:
-                return n, Outcome.FAIL
-            if all(o is Outcome.PASS for o in outcomes):
-                return n, Outcome.PASS
+                tests.observe(s, bool(agree[i]))
+            outcome = tests.outcome()
+            if outcome is not Outcome.UNDECIDED:
+                return n, outcome
         return n, Outcome.UNDECIDED
 
     results = {}
