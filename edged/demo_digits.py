@@ -85,19 +85,27 @@ def train(
     temperature: float = 4.0,
     epochs: int = 60,
     seed: int = SEED,
+    init: Params | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
 ) -> Params:
     """Minibatch Adam on cross-entropy; with a ``teacher``, half of the loss is the KL to its
-    softened outputs (Hinton et al.'s distillation)."""
+    softened outputs (Hinton et al.'s distillation). From ``init`` (copied) instead of a fresh
+    initialization, for at most ``steps`` minibatches: a fine-tune."""
     rng = np.random.default_rng(seed)
-    params = _init(sizes, rng)
+    params = [(w.copy(), b.copy()) for w, b in init] if init is not None else _init(sizes, rng)
     m = [(np.zeros_like(w), np.zeros_like(b)) for w, b in params]
     v = [(np.zeros_like(w), np.zeros_like(b)) for w, b in params]
-    lr, beta1, beta2, eps, step = 1e-3 if teacher is None else 3e-3, 0.9, 0.999, 1e-8, 0
+    if lr is None:
+        lr = 1e-3 if teacher is None else 3e-3
+    beta1, beta2, eps, step = 0.9, 0.999, 1e-8, 0
     onehot = np.eye(sizes[-1], dtype=np.float32)[y]
     soft = _softmax(forward(teacher, x) / temperature) if teacher is not None else None
     for _ in range(epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), 32):
+            if steps is not None and step >= steps:
+                return params
             idx = order[start : start + 32]
             xb = x[idx]
             acts = [xb]

@@ -41,7 +41,7 @@ def cmd_patch_create(args: argparse.Namespace) -> int:
     size = Path(args.out).stat().st_size
     print(
         f"{args.out}: {size} bytes ({size / max(1, header.target_size):.3f} of the target), "
-        f"{header.layout} layout, {len(header.ops)} ops"
+        f"{len(header.ops)} ops; {header.describe()}"
     )
     return 0
 

@@ -26,6 +26,10 @@ class Tensor:
     offset: int
     length: int
     width: int  # element width in bytes for float tensors, Q8_0_BLOCK for q8_0, 1 for raw bytes
+    # What a tensor is when its name is not enough to find it in another version (an exporter
+    # renamed it): its dimensions and the format's type code, where the format says.
+    shape: tuple[int, ...] = ()
+    dtype: int = 0
 
     @property
     def end(self) -> int:

@@ -98,3 +98,64 @@ class AnchorIndex:
         lo, hi = int(base_pos[best]), int(base_pos[ends[best] - 1]) + WIDTH
         start = (lo + hi - window) // 2
         return int(min(max(start, 0), self.size - window))
+
+    def matches(
+        self, base_fd: int, segment: bytes, spacing: int, min_length: int
+    ) -> list[tuple[int, int, int]]:
+        """Stretches of ``segment`` found verbatim in the base: (offset in the segment, base
+        offset, length), in order, non-overlapping, each at least ``min_length`` long.
+
+        Each anchor of the segment that the base also has is a candidate; it is checked against
+        the base bytes and extended both ways as far as they agree. An edit that shifts
+        everything after it (a longer doc string, a renamed model) then costs the changed bytes,
+        not a re-compression of the whole segment against a window."""
+        positions, hashes = anchors(segment, spacing)
+        if not len(positions) or not len(self.hashes):
+            return []
+        found = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+        hit = self.hashes[found] == hashes
+        out: list[tuple[int, int, int]] = []
+        covered = 0  # segment bytes before this are in a match already
+        data = np.frombuffer(segment, dtype=np.uint8)
+        for p, q in zip(positions[hit].tolist(), self.positions[found[hit]].tolist(), strict=True):
+            if p < covered:
+                continue
+            back = _agree_backwards(base_fd, data, p, q, min(p - covered, q))
+            ahead = _agree_forwards(base_fd, data, p, q, self.size)
+            if back + ahead >= min_length:
+                out.append((p - back, q - back, back + ahead))
+                covered = p + ahead
+        return out
+
+
+_COMPARE = 1 << 20
+
+
+def _agree_forwards(fd: int, data: np.ndarray[Any, Any], p: int, q: int, size: int) -> int:
+    """How many bytes from data[p] on equal the base's from q on."""
+    n = 0
+    while p + n < len(data) and q + n < size:
+        step = min(_COMPARE, len(data) - p - n, size - q - n)
+        base = np.frombuffer(os.pread(fd, step, q + n), dtype=np.uint8)
+        if len(base) < step:
+            step = len(base)
+            if not step:
+                break
+        differ = np.flatnonzero(base != data[p + n : p + n + step])
+        if len(differ):
+            return n + int(differ[0])
+        n += step
+    return n
+
+
+def _agree_backwards(fd: int, data: np.ndarray[Any, Any], p: int, q: int, limit: int) -> int:
+    """How many bytes before data[p] equal those before base[q] (at most ``limit``)."""
+    n = 0
+    while n < limit:
+        step = min(_COMPARE, limit - n)
+        base = np.frombuffer(os.pread(fd, step, q - n - step), dtype=np.uint8)
+        differ = np.flatnonzero(base != data[p - n - step : p - n])
+        if len(differ):
+            return n + step - 1 - int(differ[-1])
+        n += step
+    return n

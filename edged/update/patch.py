@@ -5,7 +5,15 @@ A patch is a list of operations, each producing the next stretch of the target:
 - COPY      bytes taken unchanged from the base (unchanged tensors, unchanged headers);
 - ZSTD      a zstd frame compressed with a window of the base as reference (``--patch-from``);
 - XOR/DIFF  a changed float tensor chunk: its bit patterns XORed with (or subtracted from) the
-            base chunk's, split into byte planes, then zstd (see transform.py).
+            base chunk's, split into byte planes, then zstd (see transform.py);
+- PLANES    a retrained float tensor chunk: its own bytes split into planes, then zstd (the
+            base is no help beyond its range; format 2).
+
+Each tensor chunk takes whichever of XOR, DIFF, PLANES and zstd against the base chunk is
+smallest, so it is never worse than the generic path on that tensor. The generic path (bytes
+outside tensors, files with no known layout) copies every stretch of 1 KiB or more it finds
+verbatim in the base, wherever it moved, and codes only the rest with zstd against a window of
+the base: an edit that only touches the container costs its changed bytes.
 
 File layout (integers little-endian)::
 
@@ -46,7 +54,9 @@ from edged.update import transform
 from edged.update.anchors import AnchorIndex
 
 MAGIC = b"EDGEPAT1"
-FORMAT = 1
+FORMAT = 1  # what a patch without PLANES operations is written as (readable by older nodes)
+FORMAT_PLANES = 2
+FORMATS = (FORMAT, FORMAT_PLANES)
 CHUNK = 4 << 20  # target bytes per tensor operation
 SEGMENT = 8 << 20  # target bytes per generic operation
 WINDOW = 32 << 20  # base bytes one generic operation may reference
@@ -58,9 +68,12 @@ MAX_OPS = 1 << 24
 DEFAULT_LEVEL = 3
 SMALL_CHUNK = 128 << 10
 SMALL_CHUNK_LEVEL = 19
+# Generic segments at least this long are searched for stretches of the base they contain.
+MATCH_SEARCH_MIN = 16 << 10
+MIN_MATCH = 1024
 
-COPY, ZSTD, XOR, DIFF = 0, 1, 2, 3
-_KIND_NAMES = {COPY: "copy", ZSTD: "zstd", XOR: "xor", DIFF: "diff"}
+COPY, ZSTD, XOR, DIFF, PLANES = 0, 1, 2, 3, 4
+_KIND_NAMES = {COPY: "copy", ZSTD: "zstd", XOR: "xor", DIFF: "diff", PLANES: "planes"}
 _OP = struct.Struct("<BBxxxxxxQQQQ")  # kind, width, target length, a, b, payload length
 _TRAILER = 32
 _READ = 1 << 20
@@ -92,6 +105,10 @@ class Header:
     ops: tuple[Op, ...]
     payload_start: int
     payload_size: int
+    # How the target was coded: per path ("tensor", "generic"), its tensors (or segments),
+    # target bytes and payload bytes; and, when no tensor layout could be used, why.
+    coded: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    note: str = ""
 
     def summary(self) -> dict[str, object]:
         by_kind: dict[str, dict[str, int]] = {}
@@ -104,9 +121,29 @@ class Header:
             "base": {"sha256": self.base_sha256, "size": self.base_size},
             "target": {"sha256": self.target_sha256, "size": self.target_size},
             "layout": self.layout,
+            **({"note": self.note} if self.note else {}),
+            "coded": self.coded,
             "ops": by_kind,
             "payload_bytes": self.payload_size,
         }
+
+    def describe(self) -> str:
+        """One line for a person: the layout, and how much was coded which way."""
+        tensor = self.coded.get("tensor", {})
+        generic = self.coded.get("generic", {})
+        line = (
+            f"{self.layout} layout: {tensor.get('bytes', 0)} target bytes in "
+            f"{tensor.get('tensors', 0)} tensors coded tensor-aware ({tensor.get('payload', 0)} "
+            f"patch bytes), {generic.get('bytes', 0)} coded generically "
+            f"({generic.get('payload', 0)} patch bytes)"
+        )
+        if not self.note:
+            return line
+        return (
+            f"{line}; all of it generically: {self.note} (a file is coded tensor-aware when both "
+            "versions are GGUF, safetensors or ONNX of the same kind with tensor payloads of 64 "
+            "bytes or more)"
+        )
 
 
 def _stream(
@@ -149,6 +186,7 @@ class _TensorJob:
     base: int
     length: int
     width: int
+    first: bool = True  # the tensor's first chunk (what counts tensors in the summary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,11 +220,11 @@ class _Creator:
         if base_layout.kind == "raw" or target_layout.kind == "raw":
             yield from self._generic(0, target_layout.size, None)
             return
-        base_by_name = {t.name: t for t in base_layout.tensors}
+        matched = match_tensors(base_layout, target_layout)
         base_gap_before = _gaps_before(base_layout)
         position = 0
         for tensor in target_layout.tensors:
-            match = base_by_name.get(tensor.name)
+            match = matched.get(tensor.name)
             if tensor.offset > position:
                 hint = base_gap_before.get(match.name) if match else None
                 yield from self._generic(position, tensor.offset - position, hint)
@@ -204,7 +242,9 @@ class _Creator:
         step = CHUNK - CHUNK % tensor.width
         for start in range(0, tensor.length, step):
             n = min(step, tensor.length - start)
-            yield _TensorJob(tensor.offset + start, match.offset + start, n, tensor.width)
+            yield _TensorJob(
+                tensor.offset + start, match.offset + start, n, tensor.width, start == 0
+            )
 
     def _generic(self, start: int, length: int, hint: tuple[int, int] | None) -> Iterator[_Job]:
         if hint is not None and hint[1] > self.window:
@@ -225,14 +265,19 @@ class _Creator:
         if base == target:
             return [(Op(COPY, job.length, job.base), b"")]
         # Which transform suits the chunk shows at zstd's fastest level already; only the
-        # winner gets the entropy-tuned pass, which costs ~4x level 3.
+        # winner gets the entropy-tuned pass, which costs ~4x level 3. A retrained tensor's
+        # values owe the old ones little: its own planes may beat any delta.
         trials = []
         for kind, name in ((XOR, transform.XOR), (DIFF, transform.DIFF)):
             planes = transform.forward(name, base, target, job.width)
             trials.append((len(transform.compress(planes, 1)), kind, planes))
+        if job.width in (2, 4, 8):
+            planes = transform.planes(target, job.width)
+            trials.append((len(transform.compress(planes, 1)), PLANES, planes))
         _, kind, planes = min(trials, key=lambda trial: trial[0])
         payload = transform.compress_planes(planes)
-        best = (Op(kind, job.length, job.base, 0, job.width, len(payload)), payload)
+        at = 0 if kind == PLANES else job.base  # PLANES reads nothing of the base
+        best = (Op(kind, job.length, at, 0, job.width, len(payload)), payload)
         if job.length >= transform.MIN_PREFIX:
             referenced = transform.compress(target, self.level, prefix=base)
             # Small chunks (norms, biases, whole tensors of small models) afford zstd's
@@ -262,8 +307,41 @@ class _Creator:
             return [(Op(COPY, job.length, ref_off + found), b"")]
         if len(prefix) < transform.MIN_PREFIX:
             prefix, ref_off = b"", 0
-        payload = transform.compress(target, self.level, prefix=prefix)
-        return [(Op(ZSTD, job.length, ref_off, len(prefix), 1, len(payload)), payload)]
+        stretches = (
+            self.index().matches(self.base_fd, target, ANCHOR_SPACING, MIN_MATCH)
+            if job.length >= MATCH_SEARCH_MIN and self.base_size >= MIN_MATCH
+            else []
+        )
+        out: _Result = []
+        position = 0
+        for at, base_at, length in (*stretches, (len(target), 0, 0)):
+            if at > position:  # the bytes before this stretch: zstd against the window
+                piece = target[position:at]
+                payload = transform.compress(piece, self.level, prefix=prefix)
+                out.append((Op(ZSTD, len(piece), ref_off, len(prefix), 1, len(payload)), payload))
+            if length:
+                out.append((Op(COPY, length, base_at), b""))
+            position = at + length
+        return out
+
+
+def match_tensors(base: Layout, target: Layout) -> dict[str, Tensor]:
+    """For each target tensor, the base tensor it continues: the one with its name, else (an
+    exporter renamed tensors, or numbered its nodes differently) the next one in file order
+    with the same shape, type and size that no other target tensor took."""
+    by_name = {t.name: t for t in base.tensors}
+    matched = {t.name: by_name[t.name] for t in target.tensors if t.name in by_name}
+    taken = {t.name for t in matched.values()}
+    spare: dict[tuple[object, ...], collections.deque[Tensor]] = {}
+    for t in base.tensors:
+        if t.name not in taken:
+            spare.setdefault((t.shape, t.dtype, t.length, t.width), collections.deque()).append(t)
+    for t in target.tensors:
+        if t.name not in matched:
+            queue = spare.get((t.shape, t.dtype, t.length, t.width))
+            if queue:
+                matched[t.name] = queue.popleft()
+    return matched
 
 
 def _gaps_before(layout: Layout) -> dict[str, tuple[int, int]]:
@@ -299,14 +377,21 @@ def create(
     with base.open("rb") as bf, target.open("rb") as tf, payload_tmp.open("w+b") as pf:
         payload_tmp.unlink()  # anonymous from here on: nothing to clean up after a crash
         base_layout, target_layout = detect(bf, base), detect(tf, target)
-        if not tensor_aware:
+        note = _generic_only(base_layout, target_layout, tensor_aware)
+        if note:
             base_layout = Layout("raw", base_layout.size, ())
         creator = _Creator(bf, tf, level, segment, window)
         jobs = creator.jobs(base_layout, target_layout)
+        coded: dict[str, dict[str, int]] = {}
 
-        def emit(result: _Result) -> None:
+        def emit(job: _Job, result: _Result) -> None:
+            path = "tensor" if isinstance(job, _TensorJob) else "generic"
+            entry = coded.setdefault(path, {"tensors": 0, "bytes": 0, "payload": 0})
+            entry["tensors"] += isinstance(job, _TensorJob) and job.first
+            entry["bytes"] += job.length
             for op, payload in result:
                 pf.write(payload)
+                entry["payload"] += len(payload)
                 _append(ops, op)
                 if progress:
                     progress(op.length)
@@ -316,20 +401,47 @@ def create(
             # A small file is a few milliseconds of work: handing each job to a thread and
             # back would cost more than it saves.
             for job in jobs:
-                emit(creator.run(job))
+                emit(job, creator.run(job))
         else:
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                pending: collections.deque[concurrent.futures.Future[_Result]] = collections.deque()
+                pending: collections.deque[tuple[_Job, concurrent.futures.Future[_Result]]] = (
+                    collections.deque()
+                )
                 for job in jobs:
-                    pending.append(pool.submit(creator.run, job))
+                    pending.append((job, pool.submit(creator.run, job)))
                     if len(pending) >= 2 * workers:  # bounded memory: a few chunks in flight
-                        emit(pending.popleft().result())
+                        done, future = pending.popleft()
+                        emit(done, future.result())
                 while pending:
-                    emit(pending.popleft().result())
+                    done, future = pending.popleft()
+                    emit(done, future.result())
+        coded.get("generic", {}).pop("tensors", None)
         header = Header(
-            base_sha, base_size, target_sha, target_size, target_layout.kind, tuple(ops), 0, 0
+            base_sha,
+            base_size,
+            target_sha,
+            target_size,
+            target_layout.kind,  # what the file is; the note says when it was not used
+            tuple(ops),
+            0,
+            0,
+            coded,
+            note,
         )
         return _write(out, header, pf)
+
+
+def _generic_only(base: Layout, target: Layout, tensor_aware: bool) -> str:
+    """Why the whole file goes through the generic path ("" when it does not); short, since it
+    is kept in the patch header (``Header.describe`` says it in full)."""
+    if not tensor_aware:
+        return "tensor-aware coding off"
+    for which, layout in (("target", target), ("base", base)):
+        if layout.kind == "raw":
+            return f"{which}: no tensor layout"
+    if base.kind != target.kind:
+        return f"base {base.kind}, target {target.kind}"
+    return ""
 
 
 def _append(ops: list[Op], op: Op) -> None:
@@ -350,14 +462,17 @@ def _write(out: Path, header: Header, payloads: BinaryIO) -> Header:
     """Write the patch file atomically; returns ``header`` with where its payloads are."""
     table = b"".join(_OP.pack(o.kind, o.width, o.length, o.a, o.b, o.payload) for o in header.ops)
     packed_table = transform.compress(table, 19)
+    fmt = FORMAT_PLANES if any(op.kind == PLANES for op in header.ops) else FORMAT
     meta = json.dumps(
         {
-            "format": FORMAT,
+            "format": fmt,
             "base": {"sha256": header.base_sha256, "size": header.base_size},
             "target": {"sha256": header.target_sha256, "size": header.target_size},
             "layout": header.layout,
             "ops": len(header.ops),
             "op_table_bytes": len(packed_table),
+            "coded": header.coded,
+            **({"note": header.note} if header.note else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -399,10 +514,18 @@ def read_header(path: Path, *, verify: bool = True) -> Header:
             fields = (str(base["sha256"]), int(base["size"]))
             target_fields = (str(target["sha256"]), int(target["size"]))
             layout = str(meta.get("layout", "raw"))
-        except (ValueError, KeyError, TypeError) as e:
+            coded = {
+                str(path): {str(k): int(v) for k, v in figures.items()}
+                for path, figures in dict(meta.get("coded", {})).items()
+            }
+            note = str(meta.get("note", ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PatchError(f"{path}: unreadable patch header ({e})", "corrupt") from None
-        if fmt != FORMAT:
-            raise PatchError(f"{path}: patch format {fmt!r}, this edged reads {FORMAT}", "format")
+        if fmt not in FORMATS:
+            raise PatchError(
+                f"{path}: patch format {fmt!r}, this edged reads {FORMATS[0]} to {FORMATS[-1]}",
+                "format",
+            )
         table_start = 12 + meta_len
         if not 0 <= n_ops <= MAX_OPS or table_start + table_len > size - _TRAILER:
             raise PatchError(f"{path}: op table out of range", "corrupt")
@@ -416,8 +539,8 @@ def read_header(path: Path, *, verify: bool = True) -> Header:
     )
     payload_start = table_start + table_len
     payload_size = size - _TRAILER - payload_start
-    header = Header(*fields, *target_fields, layout, ops, payload_start, payload_size)
-    _check_ops(header, path)
+    header = Header(*fields, *target_fields, layout, ops, payload_start, payload_size, coded, note)
+    _check_ops(header, path, fmt)
     return header
 
 
@@ -433,11 +556,11 @@ def _verify_trailer(f: BinaryIO, size: int, path: Path) -> None:
 _WIDTHS = (1, 2, 4, 8, Q8_0_BLOCK)
 
 
-def _check_ops(header: Header, path: Path) -> None:
+def _check_ops(header: Header, path: Path, fmt: int) -> None:
     total, payload = 0, 0
     for i, op in enumerate(header.ops):
         where = f"{path}: op {i}"
-        if op.kind not in _KIND_NAMES:
+        if op.kind not in _KIND_NAMES or (op.kind == PLANES and fmt < FORMAT_PLANES):
             raise PatchError(f"{where}: unknown kind {op.kind}", "corrupt")
         if not 0 < op.length <= MAX_OP_BYTES or op.width not in _WIDTHS:
             raise PatchError(f"{where}: length or width out of range", "corrupt")
@@ -449,7 +572,7 @@ def _check_ops(header: Header, path: Path) -> None:
             or 0 < op.b < transform.MIN_PREFIX
         ):
             raise PatchError(f"{where}: reference out of range", "corrupt")
-        if op.kind in (XOR, DIFF) and op.length % op.width:
+        if op.kind in (XOR, DIFF, PLANES) and op.length % op.width:
             raise PatchError(f"{where}: length not a multiple of the element width", "corrupt")
         if (op.kind == COPY) != (op.payload == 0):
             raise PatchError(f"{where}: payload length inconsistent with kind", "corrupt")
@@ -512,6 +635,9 @@ def apply_to(
                 if op.kind == ZSTD:
                     prefix = os.pread(base_fd, op.b, op.a) if op.b else b""
                     data = transform.decompress(payload, op.length, prefix)
+                elif op.kind == PLANES:
+                    planes = transform.decompress(payload, op.length)
+                    data = transform.from_planes(planes, op.width, op.length)
                 else:
                     base_chunk = os.pread(base_fd, op.length, op.a)
                     # inverse() checks the planes' size against the base chunk.

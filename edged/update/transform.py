@@ -104,6 +104,19 @@ def _undo(kind: str, v: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> None:
     np.add(v, b, out=v)  # wrapping
 
 
+def planes(target: bytes, width: int) -> bytes:
+    """``target`` alone split into byte planes: for a retrained tensor, whose new values owe the
+    old ones nothing but their range (sign and exponent planes still compress)."""
+    return _to_planes(np.frombuffer(target, dtype=_UINT[width]), width)
+
+
+def from_planes(data: bytes, width: int, length: int) -> memoryview:
+    """The inverse of ``planes``; raises ValueError unless it gives ``length`` bytes."""
+    if len(data) != length or length % width:
+        raise ValueError(f"{len(data)} bytes of planes for a {length}-byte tensor")
+    return _from_planes(data, width).view(np.uint8).data
+
+
 def planes_limit(length: int, width: int) -> int:
     """The most bytes ``forward`` can produce for ``length`` bytes (bounds the decoder)."""
     if width == Q8_0_BLOCK:
