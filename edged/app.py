@@ -22,6 +22,7 @@ from edged.adapters.prometheus import Metrics
 from edged.forecast.forecaster import Forecaster
 from edged.forecast.history import RequestHistory
 from edged.lifecycle.manager import Lifecycle
+from edged.portfolio.fatal import FatalSignals
 from edged.portfolio.journal import CrashJournal
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.preloader import Preloader
@@ -101,8 +102,13 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.store.recover()
+        fatal = FatalSignals(self.store.state / "fatal.log")
+        dump = fatal.previous()
+        if dump:
+            log.warning("the last run died of a fatal signal:\n%s", dump)
+        fatal.arm()
         portfolio = self._build_portfolio()
-        suspects = portfolio.recover_from_crash()
+        suspects = portfolio.recover_from_crash(fatal_signal=bool(dump))
         if suspects:
             log.warning("previous run ended abnormally; suspects: %s", ", ".join(suspects))
         quality = QualityMonitor(self.settings.quality, self.store.state / "quality", self.metrics)

@@ -141,9 +141,16 @@ class DaemonProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
+        """kill -9: what a power cut, the OOM killer or systemd's stop timeout does."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+    def crash(self, sig: signal.Signals = signal.SIGSEGV) -> None:
+        """The fatal signal a faulting native runtime raises in the daemon (SIGSEGV, SIGABRT)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        assert self.proc.wait(30) == -sig
 
     def edged(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the edged CLI against this daemon."""

@@ -126,9 +126,10 @@ class Portfolio:
 
     # -- start-up -------------------------------------------------------------------------------
 
-    def recover_from_crash(self) -> list[str]:
-        """Blame the variants that were loading or running when the last run died."""
-        suspects = self.verdicts.recover_from_crash(self.journal)
+    def recover_from_crash(self, fatal_signal: bool = False) -> list[str]:
+        """Blame the variants that were loading or running when the last run died (of a fatal
+        signal inside the process, or killed from outside: edged/portfolio/fatal.py)."""
+        suspects = self.verdicts.recover_from_crash(self.journal, fatal_signal)
         self.journal.start()
         return suspects
 
@@ -487,9 +488,11 @@ class Portfolio:
         task.add_done_callback(self._background.discard)
 
     async def _load(self, manifest: Manifest, variant: Variant, preload: bool = False) -> Handle:
-        return await self.loader.load(
+        handle = await self.loader.load(
             manifest, variant, self.costs.floor(variant), background=preload
         )
+        self.verdicts.loaded(variant)
+        return handle
 
     async def _retire(self, handle: Handle) -> None:
         """Drain a handle's leases, then free it."""

@@ -3,8 +3,12 @@
 A file that has never run here is first loaded and run in a throwaway subprocess (the
 ``Prober``; runtime/probe.py is the real one). Its verdict is remembered per file (sha256 and
 format, not model name: the same blob under two names is probed once) in memory and in the store.
-A file that was loading or running when the daemon died (the crash journal) is blamed; after
-``quarantine_after`` such deaths it is quarantined.
+What the crash journal found loading or running when the daemon died is blamed according to how
+it died (edged/portfolio/fatal.py). Of a fatal signal in the process: every variant that was
+loading or had requests in flight, quarantined after ``quarantine_after`` such deaths. Killed from
+outside (power cut, SIGKILL, the OOM killer): only the variants that were loading, and only runs in
+a row that never finished that load count (the OOM kill loop of a variant too big for the device);
+requests in flight at a power cut blame nobody.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from edged.portfolio.journal import CrashJournal
+from edged.portfolio.journal import LOADING, CrashJournal
 from edged.runtime.probe import ProbeResult, probe, record_result, stored_result
 from edged.settings import ValidationSettings
 from edged.store.manifest import CASCADE, Variant
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
+
+# Keys of a variant's record in state/crashes.json. "count" is what stores of earlier edged wrote.
+CRASHES = "count"  # runs that died of a fatal signal while it loaded or ran
+KILLED_LOADING = "killed_loading"  # runs in a row killed from outside while it loaded
 
 
 def variant_key(variant: Variant) -> str:
@@ -74,34 +82,68 @@ class Verdicts:
         self._results: dict[str, ProbeResult] = {}
         self._probing: dict[str, asyncio.Future[ProbeResult]] = {}
 
-    def recover_from_crash(self, journal: CrashJournal) -> list[str]:
-        """Blame the variants that were loading or running when the last run died."""
+    def recover_from_crash(self, journal: CrashJournal, fatal_signal: bool) -> list[str]:
+        """Blame what was loading or running when the last run died; ``fatal_signal``: it died of
+        one inside the process (else it was killed from outside, or stopped cleanly). Returns the
+        variants blamed for the death (what the lifecycle takes back)."""
         clean, entries = journal.previous_run()
         self._crashes = self.store.crashes()
-        suspects = [] if clean else [e.key for e in entries if e.suspect]
-        for key in suspects:
-            record = self._crashes.setdefault(key, {"count": 0})
-            record["count"] = int(record.get("count", 0)) + 1
+        if clean:
+            return []
+        blamed = [e.key for e in entries if e.suspect] if fatal_signal else []
+        for key in blamed:
+            record = self._crashes.setdefault(key, {})
+            record[CRASHES] = int(record.get(CRASHES, 0)) + 1
             log.warning(
-                "the last run died while %s was loading or running (crash %d)", key, record["count"]
+                "the last run died of a fatal signal while %s was loading or running (crash %d)",
+                key,
+                record[CRASHES],
             )
-        if suspects:
+        killed = [] if fatal_signal else [e.key for e in entries if e.state == LOADING]
+        for key in killed:
+            record = self._crashes.setdefault(key, {})
+            record[KILLED_LOADING] = int(record.get(KILLED_LOADING, 0)) + 1
+            log.warning(
+                "the last run was killed while %s was loading (%d runs in a row)",
+                key,
+                record[KILLED_LOADING],
+            )
+        if blamed or killed:
             self.store.put_crashes(self._crashes)
-        return suspects
+        return blamed
 
     def crash_count(self, variant: Variant) -> int:
-        return int(self._crashes.get(variant_key(variant), {}).get("count", 0))
+        return int(self._crashes.get(variant_key(variant), {}).get(CRASHES, 0))
+
+    def killed_loading(self, variant: Variant) -> int:
+        return int(self._crashes.get(variant_key(variant), {}).get(KILLED_LOADING, 0))
+
+    def loaded(self, variant: Variant) -> None:
+        """A load finished: the runs killed while it loaded are no longer a loop."""
+        record = self._crashes.get(variant_key(variant))
+        if record is not None and record.pop(KILLED_LOADING, None) is not None:
+            if not record:
+                del self._crashes[variant_key(variant)]
+            self.store.put_crashes(self._crashes)
 
     def verdict(self, variant: Variant) -> Verdict:
         """What is known now, without running anything."""
         if variant.format == CASCADE:
             return self._cascade_verdict(variant)
+        limit = self.settings.quarantine_after
         crashes = self.crash_count(variant)
-        if crashes >= self.settings.quarantine_after:
+        if crashes >= limit:
             return Verdict(
                 VerdictState.QUARANTINED,
-                f"quarantined: the daemon died {crashes} times while this variant was "
-                "loading or running",
+                f"quarantined: the daemon died of a fatal signal {crashes} times while this "
+                "variant was loading or running",
+            )
+        killed = self.killed_loading(variant)
+        if killed >= limit:
+            return Verdict(
+                VerdictState.QUARANTINED,
+                f"quarantined: the daemon was killed {killed} runs in a row while this variant "
+                "was loading (out of memory?)",
             )
         key = variant_key(variant)
         result = self._results.get(key)
@@ -170,10 +212,11 @@ class Verdicts:
     def stopped_cleanly(self) -> None:
         """A clean stop clears crash suspicion for the variants that ran in this run; what was
         quarantined stays quarantined."""
+        limit = self.settings.quarantine_after
         self.store.put_crashes(
             {
                 k: v
                 for k, v in self._crashes.items()
-                if int(v.get("count", 0)) >= self.settings.quarantine_after
+                if int(v.get(CRASHES, 0)) >= limit or int(v.get(KILLED_LOADING, 0)) >= limit
             }
         )

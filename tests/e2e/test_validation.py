@@ -7,6 +7,7 @@ import hashlib
 import json
 import queue
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,8 @@ def test_journal_survives_process_death(tmp_path: Path) -> None:
     assert clean
 
 
-def _kill_during_generation(daemon: DaemonProcess) -> None:
-    """kill -9 the daemon while a long generation holds a lease on the model."""
+def _die_during_generation(daemon: DaemonProcess, die: Callable[[], None]) -> None:
+    """``die`` (kill -9, or a fatal signal) while a long generation holds a lease on the model."""
     client = triton.InferenceServerClient(url=daemon.unix_url)
     chunks: queue.Queue[Any] = queue.Queue()
     client.start_stream(callback=lambda result, error: chunks.put((result, error)))
@@ -131,11 +132,19 @@ def _kill_during_generation(daemon: DaemonProcess) -> None:
     client.async_stream_infer("chatty", [prompt], parameters={"max_tokens": 4000, "stream": True})
     result, error = chunks.get(timeout=60)
     assert error is None and result.as_numpy("text_output") is not None
-    daemon.kill()
+    die()
     client.close()
 
 
+def _variants(daemon: DaemonProcess) -> dict[str, dict[str, Any]]:
+    listing = json.loads(daemon.edged("models", "--json").stdout)
+    return {v["id"]: v for v in listing["models"][0]["versions"][0]["variants"]}
+
+
 def test_repeated_crashes_quarantine_the_variant(demo_src: Path, tmp_path: Path) -> None:
+    """Killed from outside (kill -9: a power cut) while it generates, twice: nobody is blamed. A
+    fatal signal in the daemon while it generates (a native runtime faulting), twice: the variant
+    is quarantined and the model serves from its other variant; the traceback is logged."""
     root = tmp_path / "store"
     ModelStore(root).import_dir(
         derived_model(
@@ -143,15 +152,25 @@ def test_repeated_crashes_quarantine_the_variant(demo_src: Path, tmp_path: Path)
         )
     )
     for _ in range(2):
-        daemon = DaemonProcess(root).start()
-        _kill_during_generation(daemon)
+        daemon = DaemonProcess(root, validation__quarantine_after=2).start()
+        _die_during_generation(daemon, daemon.kill)
     daemon = DaemonProcess(root, validation__quarantine_after=2).start()
     try:
-        assert "the last run died while" in daemon.logs()
-        listing = json.loads(daemon.edged("models", "--json").stdout)
-        variants = {v["id"]: v for v in listing["models"][0]["versions"][0]["variants"]}
+        assert _variants(daemon)["f16"]["state"] != "QUARANTINED"
+        assert "fatal signal" not in daemon.logs()
+        _die_during_generation(daemon, daemon.crash)
+    finally:
+        daemon.kill()
+    daemon = DaemonProcess(root).start()
+    _die_during_generation(daemon, daemon.crash)
+    daemon = DaemonProcess(root, validation__quarantine_after=2).start()
+    try:
+        logs = daemon.logs()
+        assert "the last run died of a fatal signal" in logs
+        assert "Fatal Python error: Segmentation fault" in logs  # faulthandler's traceback
+        variants = _variants(daemon)
         assert variants["f16"]["state"] == "QUARANTINED"
-        assert "died 2 times" in variants["f16"]["reason"]
+        assert "fatal signal 2 times" in variants["f16"]["reason"]
         # The model still serves, from its other variant.
         assert variants["q8_0"]["state"] == "READY"
         client = triton.InferenceServerClient(url=daemon.unix_url)
