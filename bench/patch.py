@@ -9,6 +9,15 @@ and 205 MB (f16), for four kinds of update:
 4. "requant"   GGUF q8_0 files, each quantized by llama.cpp from f16 before and after a full
                fine-tune (GGUF pairs only).
 
+And ONNX files laid out as other exporters write them (tests/onnx_layouts.py): an MLP trained
+here on scikit-learn's digits, ~2 MB and ~11 MB, its weights in ``Constant`` nodes
+(PaddlePaddle's layout) or in Constant nodes inside the branches of nested ``If`` nodes, for
+three updates: "finetune" (20 Adam steps on a fifth of the data, from the trained weights: a
+real fine-tune), "retrain" (trained again from another seed: most weights move by more than
+100%) and "metadata" (producer and doc string). For the first two, the "per-weight bound": an
+estimate of the fewest bytes any coder of each weight given its old value can reach
+(``weight_bound``).
+
 Per pair and tool: patch size, create seconds, apply seconds, apply peak RSS (whole process,
 from the kernel: ru_maxrss of the waited child). Apply MB/s is measured inside edged's apply
 pinned to one core (interpreter start excluded). Baselines run in the same process:
@@ -139,6 +148,62 @@ def make_pairs(work: Path, demo: Path, large_layers: int, only: str | None) -> l
     return pairs
 
 
+def exporter_pairs(work: Path, only: str | None) -> list[dict[str, Any]]:
+    from edged import demo_digits as dd
+    from tests.onnx_layouts import build, mlp
+
+    pairs: list[dict[str, Any]] = []
+    x, y, _, _ = dd.dataset()
+    for label, sizes, epochs in (
+        ("2 MB", (64, 512, 512, 512, 10), 4),
+        ("11 MB", (64, 1536, 1024, 1024, 10), 2),
+    ):
+        models = [f"digits MLP {label}, {layout}" for layout in ("Constant nodes", "nested If")]
+        if only and not any(only in model for model in models):
+            continue
+        trained = dd.train(sizes, x, y, epochs=epochs)
+        tuned = dd.train(sizes, x[::5], y[::5], init=trained, steps=20, lr=2e-4, seed=3)
+        retrained = dd.train(sizes, x, y, epochs=epochs, seed=dd.SEED + 1)
+        # The If layout's else branches: small MLPs of their own, the same in both versions.
+        branches = [mlp((64, 32, 10), 1), mlp((64, 32, 10), 2)]
+        for model, layout in zip(models, ("constants", "if"), strict=True):
+            stem = work / model.replace(" ", "_").replace(",", "")
+            options: dict[str, Any] = {"branches": branches} if layout == "if" else {}
+            base = build(trained, stem.with_suffix(".base.onnx"), layout, **options)
+            for kind, params, extra in (
+                ("finetune", tuned, {}),
+                ("retrain", retrained, {}),
+                ("metadata", trained, {"doc": "release 2", "producer": "exporter 2.1"}),
+            ):
+                target = stem.with_suffix(f".{kind}.onnx")
+                build(params, target, layout, **options, **extra)
+                pair = {"model": model, "kind": kind, "base": base, "target": target}
+                if kind != "metadata":
+                    pair["bound"] = weight_bound(trained, params)
+                pairs.append(pair)
+    return pairs
+
+
+def weight_bound(
+    base: list[tuple[np.ndarray, np.ndarray]], target: list[tuple[np.ndarray, np.ndarray]]
+) -> int:
+    """An estimate of the fewest bytes any coder that codes each weight given its old value can
+    reach: per weight, the difference of the float32 bit patterns, its size class (sign and
+    floor(log2|d|)) coded at its empirical entropy and the bits below the class's top bit as they
+    are (training noise leaves them uniform). Bytes of the unchanged container are not counted."""
+
+    def flat(params: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        return np.concatenate([np.ravel(a).astype(np.float32) for layer in params for a in layer])
+
+    old, new = flat(base).view(np.int32), flat(target).view(np.int32)
+    d = new.astype(np.int64) - old.astype(np.int64)
+    top = np.where(d == 0, -1, np.floor(np.log2(np.maximum(np.abs(d), 1))).astype(np.int64))
+    _, counts = np.unique(top * 2 + (d < 0), return_counts=True)
+    p = counts / counts.sum()
+    bits = float(-(p * np.log2(p)).sum() * d.size + np.maximum(top, 0).sum())
+    return int(bits / 8)
+
+
 # -- tools --------------------------------------------------------------------------------------
 
 
@@ -252,7 +317,12 @@ def main() -> int:
 
         demo = work / "demo"
         build_demo(demo)
-        pairs = make_pairs(work, demo, args.large_layers, args.only)
+        pairs = (
+            []
+            if args.only and "digits" in args.only
+            else make_pairs(work, demo, args.large_layers, args.only)
+        )
+        pairs += exporter_pairs(work, args.only)
         rows = []
         for pair in pairs:
             if args.only and args.only not in pair["model"]:
@@ -261,6 +331,8 @@ def main() -> int:
                 continue
             size = pair["target"].stat().st_size
             row: dict[str, Any] = {"model": pair["model"], "kind": pair["kind"], "target": size}
+            if "bound" in pair:
+                row["bound"] = pair["bound"]
             for tool, run in TOOLS.items():
                 if tool == "bsdiff" and size > args.bsdiff_max_mb * MB:
                     continue
@@ -288,6 +360,11 @@ def summary_line(row: dict[str, Any]) -> str:
         f"ratio {e['size'] / others[best_tool]:.3f}  "
         f"create x{row['zstd-19']['create'] / e['create']:.0f} faster than zstd-19  "
         f"apply {row['target'] / MB / e['apply']:.0f} MB/s"
+        + (
+            f"  per-weight bound {row['bound']} B ({e['size'] / row['bound']:.3f}x)"
+            if "bound" in row
+            else ""
+        )
     )
 
 
@@ -295,8 +372,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| pair | update | target MB | edged B | zstd -19 B | bsdiff B | xdelta3 B "
         "| edged / best | create s: edged / zstd-19 | apply MB/s (1 core) "
-        "| apply peak RSS MB: edged / zstd / xdelta3 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| apply peak RSS MB: edged / zstd / xdelta3 | per-weight bound B (edged / bound) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         e = row["edged"]
@@ -310,7 +387,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{e['create']:.2f} / {row['zstd-19']['create']:.2f} | "
             f"{row['target'] / MB / e['apply']:.0f} | "
             f"{e['rss'] / MB:.0f} / {row['zstd-19']['rss'] / MB:.0f} / "
-            f"{row['xdelta3']['rss'] / MB:.0f} |"
+            f"{row['xdelta3']['rss'] / MB:.0f} | "
+            + (f"{row['bound']} ({e['size'] / row['bound']:.3f}) |" if "bound" in row else "— |")
         )
     return "\n".join(lines)
 

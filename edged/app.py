@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import signal
@@ -17,6 +18,7 @@ import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from edged.adapters import systemd
+from edged.adapters.fleet import FleetAgent
 from edged.adapters.grpc.server import GrpcServer
 from edged.adapters.prometheus import Metrics
 from edged.forecast.forecaster import Forecaster
@@ -45,6 +47,18 @@ class Phase(enum.Enum):
     STARTING = "starting"
     SERVING = "serving"
     STOPPING = "stopping"
+
+
+@dataclasses.dataclass
+class _Fleet:
+    agent: FleetAgent
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.agent.close()
 
 
 class Daemon:
@@ -138,6 +152,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         watchdog = asyncio.ensure_future(self._watchdog())
         scheduler = AsyncIOScheduler()
+        fleet: _Fleet | None = None
 
         # Pressure is re-read about once a second, so the daemon sheds before the OOM killer acts;
         # forecasts are re-checked every preload.interval_seconds.
@@ -164,9 +179,12 @@ class Daemon:
             log.info("edged ready: %d models", len(portfolio.slots))
             for name, version in lifecycle.start_requested():
                 log.info("promoting %s version %s", name, version)
+            fleet = self._start_fleet(serving)
             await self._main_loop(portfolio, lifecycle)
         finally:
             self.phase = Phase.STOPPING
+            if fleet is not None:
+                await fleet.stop()
             systemd.notify("STOPPING=1")
             drain = self.settings.server.drain_seconds
             log.info("stopping: draining requests for up to %.0fs", drain)
@@ -186,6 +204,15 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+    def _start_fleet(self, serving: Serving) -> _Fleet | None:
+        if not self.settings.fleet.enabled:
+            return None
+        assert serving.updates is not None and serving.lifecycle is not None
+        agent = FleetAgent(
+            self.settings.fleet, serving.updates, serving.lifecycle, serving.repository
+        )
+        return _Fleet(agent, asyncio.ensure_future(agent.run()))
 
     async def _main_loop(self, portfolio: Portfolio, lifecycle: Lifecycle) -> None:
         """Wait for a stop; on SIGHUP re-read the store and start the promotions it asks for."""

@@ -40,3 +40,8 @@ def check_relative_file(path: object, what: str) -> str:
     if pure.is_absolute() or any(part in {"..", ""} for part in pure.parts):
         raise ManifestError(f"{what}: {path!r} leaves the manifest's directory")
     return path
+
+
+def version_key(version: str) -> tuple[int, int, str]:
+    """Numeric versions sort as numbers (2 < 10), others lexically after them."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -250,6 +250,64 @@ class UpdatesSettings(Section):
         )
 
 
+def _url(schemes: tuple[str, ...]) -> Any:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a URL ({' or '.join(schemes)}), got {value!r}")
+        if value and not value.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(f"expected a URL starting {' or '.join(schemes)}://, got {value!r}")
+        return value.rstrip("/")
+
+    return BeforeValidator(check)
+
+
+def _names(value: object) -> object:
+    values = (
+        (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+    )
+    if isinstance(values, tuple):
+        for name in values:
+            try:
+                check_name(name, "a group")
+            except ManifestError as exc:
+                raise ValueError(exc.message) from None
+    return values
+
+
+class FleetSettings(Section):
+    """Updates pulled from an OCI registry, desired state over MQTT (docs/fleet.md)."""
+
+    enabled: bool = False
+    device_id: str = Field("", description="this node's id; empty: the host name")
+    groups: Annotated[tuple[str, ...], BeforeValidator(_names)] = ()
+    broker: Annotated[str, _url(("mqtt", "mqtts"))] = Field("", description="mqtt[s]://host:port")
+    broker_username: str = ""
+    broker_password: str = ""
+    broker_ca_file: ConfigPath | None = None
+    registry: Annotated[str, _url(("http", "https"))] = Field("", description="https://host:port")
+    repository_prefix: str = Field("edged", description="models live at <prefix>/<model>")
+    registry_username: str = ""
+    registry_password: str = ""
+    registry_ca_file: ConfigPath | None = None
+    bandwidth: Annotated[int, BeforeValidator(_rate)] = Field(0, description="bytes/s; 0: none")
+    jitter_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        30.0, description="a random wait before a download: a fleet does not stampede"
+    )
+    retry_seconds: Seconds = Field(15.0, description="after a failed fetch, the first retry")
+    report_interval_seconds: Seconds = Field(5.0, description="reported state refreshed this often")
+
+    @model_validator(mode="after")
+    def _complete(self) -> FleetSettings:
+        if self.enabled and not (self.broker and self.registry):
+            raise ValueError("fleet.enabled needs fleet.broker and fleet.registry")
+        if self.device_id:
+            try:
+                check_name(self.device_id, "fleet.device_id")
+            except ManifestError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+
 Mode = Literal["availability", "resource", "direct"]
 Insufficient = Literal["hold", "promote", "reject"]
 
@@ -321,6 +379,7 @@ class Settings(Section):
     updates: UpdatesSettings = UpdatesSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     quality: QualitySettings = QualitySettings()
+    fleet: FleetSettings = FleetSettings()
     models: dict[str, ModelSettings] = {}
     source: Path | None = None
 

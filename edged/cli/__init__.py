@@ -1,6 +1,7 @@
 """`edged`: the daemon and its tools. One module per group of commands: local.py (serve,
 import, demo), client.py (commands against a running daemon), lifecycle.py (versions, activate,
-rollback, lineage), trace.py, update.py (patches, keys, signed updates, push)."""
+rollback, lineage), trace.py, update.py (patches, keys, signed updates, push), fleet.py
+(publish to a registry, roll out over MQTT)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from edged.cli import client, lifecycle, local, quality, trace, update
+from edged.cli import client, fleet, lifecycle, local, quality, trace, update
 from edged.cli.common import with_config
 from edged.errors import EdgedError
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.register(sub)
     trace.register(sub)
     update.register(sub, with_config)
+    fleet.register(sub)
     return parser
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from edged.names import version_key
 from edged.store.lineage import PARTS, Lineage
-from edged.store.store import version_key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,12 +23,13 @@ from edged.errors import EdgedError, ErrorCode, NotFoundError
 from edged.events import Events
 from edged.lifecycle import lineage as lineage_mod
 from edged.lifecycle.promotion import Context, Promotion
+from edged.names import version_key
 from edged.portfolio.portfolio import NoRoomError, Portfolio
 from edged.portfolio.verdicts import variant_key
 from edged.quality.monitor import QualityMonitor
 from edged.settings import Settings
 from edged.store.lineage import Lineage
-from edged.store.store import ModelStore, version_key
+from edged.store.store import ModelStore
 from edged.store.versions import Phase, VersionRecord, VersionState
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,30 @@ class Lifecycle:
 
     def running(self, name: str) -> asyncio.Task[VersionRecord] | None:
         return self._running.get(name)
+
+    async def cancel(self, name: str, reason: str) -> list[str]:
+        """Abandon the evaluation under way and the requested ones (a fleet rollout aborted):
+        the committed version serves, each abandoned version is staged again, not requested.
+        Returns the versions abandoned."""
+        self.portfolio.slot(name)
+        self._next.pop(name, None)
+        task = self._running.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await self._restore(name)
+        abandoned = []
+        for version in self.store.versions(name):
+            record = self.store.record(name, version)
+            if record.state in (VersionState.CANDIDATE, VersionState.PROBATION) or (
+                record.state is VersionState.STAGED and record.requested
+            ):
+                self.store.put_record(
+                    name, version, record.moved(VersionState.STAGED, reason, requested=False)
+                )
+                abandoned.append(version)
+        return abandoned
 
     def activate(self, name: str, version: str) -> VersionInfo:
         """Start the promotion of ``version`` (staged, or rejected / rolled back to try again)."""

@@ -46,6 +46,9 @@ class LifecycleService:
         result = await self.lifecycle.rollback(model, to or None, undo or None)
         return RolledBack(result.version, result.reason)
 
+    async def cancel(self, model: str, reason: str) -> list[str]:
+        return await self.lifecycle.cancel(model, reason)
+
     def lineage(self, model: str) -> list[LineageNodeView]:
         states = {info.version: info for info in self.lifecycle.versions(model)}
         return [

@@ -4,6 +4,7 @@ whole portfolio (``edged models``, the Prometheus collector). Every answer is a 
 from __future__ import annotations
 
 from edged.errors import EdgedError, ErrorCode, NotFoundError
+from edged.names import version_key
 from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.slot import Slot
 from edged.quality.monitor import QualityMonitor
@@ -19,7 +20,6 @@ from edged.serving.views import (
     VersionView,
 )
 from edged.store.manifest import Variant
-from edged.store.store import version_key
 from edged.store.versions import VersionState
 from edged.tensors import TensorSpec
 

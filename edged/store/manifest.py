@@ -346,7 +346,11 @@ def _update(raw: Any, variants: tuple[Variant, ...]) -> UpdateSection:
     "f16": {"method": "reuse"}}}``; every variant needs an entry."""
     if not isinstance(raw, dict):
         raise ManifestError("update: expected an object")
-    base_version = check_version(_get(raw, "base_version", str, "update."), "update.base_version")
+    # No base version: every file travels whole (a node that holds none of the bases a fleet
+    # artifact has patches from).
+    base_version = raw.get("base_version", "")
+    if base_version != "":
+        check_version(base_version, "update.base_version")
     activate = raw.get("activate", "manual")
     if activate not in ACTIVATE:
         raise ManifestError(f"update.activate: expected one of {ACTIVATE}, got {activate!r}")
@@ -380,6 +384,8 @@ def _update(raw: Any, variants: tuple[Variant, ...]) -> UpdateSection:
     missing = sorted(set(by_id) - set(transfers))
     if missing:
         raise ManifestError(f"update.variants: no transfer given for {', '.join(missing)}")
+    if not base_version and any(t.method != "full" for t in transfers.values()):
+        raise ManifestError("update.base_version: needed unless every variant travels 'full'")
     return UpdateSection(base_version, str(activate), transfers)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from edged.errors import ErrorCode, ManifestError, NotFoundError, StoreError
 from edged.formats.onnx import external_locations as onnx_external_locations
-from edged.names import check_name, check_version
+from edged.names import check_name, check_version, version_key
 from edged.store import atomic
 from edged.store.manifest import Manifest, Variant, loads
 from edged.store.versions import VersionRecord, VersionState
@@ -41,11 +41,6 @@ from edged.store.versions import VersionRecord, VersionState
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-
-
-def version_key(version: str) -> tuple[int, int, str]:
-    """Numeric versions sort as numbers (2 < 10), others lexically after them."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 class ModelStore:

@@ -40,6 +40,25 @@ def _base_for(variant: Variant, base: Manifest) -> Variant | None:
     return candidates[0] if candidates else None
 
 
+def build_whole(target_dir: Path, out: Path, key: Path, *, activate: str = "manual") -> Manifest:
+    """Write a signed update with no base: every variant file travels whole (for a node that
+    holds none of the versions a patch was made from). Files are not copied: the sender reads
+    them from ``target_dir``."""
+    target = _read_manifest(target_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = dict(target.raw)
+    raw["update"] = {
+        "activate": activate,
+        "variants": {
+            v.id: {"method": "full", "sha256": v.sha256, "size": v.size} for v in target.variants
+        },
+    }
+    manifest_path = out / "manifest.json"
+    manifest_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    signing.sign_file(manifest_path, key)
+    return loads(manifest_path.read_bytes())
+
+
 def build(
     base_dir: Path,
     target_dir: Path,

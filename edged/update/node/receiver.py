@@ -315,7 +315,7 @@ class UpdateReceiver:
     def _check_bases(self, manifest: Manifest) -> None:
         section = manifest.update
         assert section is not None
-        if section.base_version not in self.store.versions(manifest.name):
+        if section.base_version and section.base_version not in self.store.versions(manifest.name):
             raise UpdateError(
                 f"update.base_version: model {manifest.name!r} has no version "
                 f"{section.base_version!r} on this node",
