@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -76,6 +77,8 @@ class DaemonProcess:
                 rendered = (
                     f'"{value}"'
                     if isinstance(value, str)
+                    else json.dumps(list(value))
+                    if isinstance(value, (list, tuple))
                     else str(value).lower()
                     if (isinstance(value, bool))
                     else str(value)

@@ -63,10 +63,10 @@ class Registry:
 
     def start(self) -> Registry:
         assert REGISTRY is not None
-        log = (self.root.parent / f"registry-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [REGISTRY, "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        with (self.root.parent / f"registry-{self.port}.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [REGISTRY, "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
         _wait_port(self.port, self.proc, "docker-registry")
         return self
 
@@ -99,11 +99,10 @@ class Broker:
 
     def start(self) -> Broker:
         assert MOSQUITTO is not None
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
         _wait_port(self.port, self.proc, "mosquitto")
         return self
 

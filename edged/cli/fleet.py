@@ -1,4 +1,4 @@
-"""`edged fleet publish | tag | rollout | status`: the controller's side of a fleet (docs/fleet.md).
+"""`edged fleet publish | tag | rollout | status`: the controller's side of a fleet."""
 
 from __future__ import annotations
 
