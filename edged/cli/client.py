@@ -1,4 +1,5 @@
-"""Commands that talk to a running daemon: `edged models | pin | unpin | evict | load | infer`."""
+"""Commands that talk to a running daemon: `edged models | pin | unpin | evict | load | infer |
+health`."""
 
 from __future__ import annotations
 
@@ -125,7 +126,35 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """The gRPC health service's answer: exit 0 when SERVING (an exec probe for Kubernetes, a
+    check for scripts), 1 otherwise, saying what it got; with --live, 0 on any answer."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address(args)) as channel:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                .status
+            )
+    except grpc.RpcError as e:
+        print(f"not serving: {e.code().name}: {e.details()}")
+        return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(name)
+    # --live: any answer means the process and its loop are alive (starting or draining too).
+    return 0 if args.live or status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser("health", help="is the daemon serving? (exit 0 if so; for probes)")
+    with_client(p)
+    p.add_argument("--service", default="", help="a service name (default: the whole server)")
+    p.add_argument("--live", action="store_true", help="exit 0 on any answer (liveness)")
+    p.set_defaults(fn=cmd_health, timeout=5.0)
+
     p = sub.add_parser("models", help="models, versions, variants and their state (via daemon)")
     with_client(p)
     p.add_argument("--json", action="store_true")

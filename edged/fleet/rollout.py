@@ -102,6 +102,7 @@ class FleetView:
         self.desired: dict[str, dict[str, st.Target]] = {}  # device -> its device-level targets
         self.changed = asyncio.Event()
         self.messages = 0
+        self.dirty: set[str] = set()  # devices whose report changed since the last look
 
     def take(self, topic: str, payload: bytes) -> None:
         self.messages += 1
@@ -111,12 +112,17 @@ class FleetView:
             report = st.parse_report(payload)
             if report is not None:
                 self.reports[device] = report
+                self.dirty.add(device)
         elif topic.startswith(f"{st.ROOT}/online/"):
             self.online[device] = payload == b"1"
         elif topic.startswith(f"{st.ROOT}/desired/device/"):
             with contextlib.suppress(st.DesiredStateError):
                 self.desired[device] = st.parse_desired(payload, topic)
         self.changed.set()
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
 
     def devices(self, group: str = "") -> list[str]:
         return sorted(
@@ -209,6 +215,22 @@ async def rollout(
     waves = plan_waves(devices, shares)
     touched: list[str] = []
     cpu = 0.0
+    # Outcomes are kept up to date from the reports that changed, not recomputed per wake-up:
+    # the controller's work is one look per report read, whatever the fleet's size.
+    outcomes: dict[str, str] = {}
+    counts = {"failed": 0}
+    final_in: dict[int, int] = {}
+    wave_of: dict[str, int] = {}
+
+    def note(device: str) -> None:
+        old, new = outcomes.get(device, "pending"), view.outcome(device, model, version)
+        if old == new:
+            return
+        outcomes[device] = new
+        counts["failed"] += (new in st.FINAL_FAILED) - (old in st.FINAL_FAILED)
+        k = wave_of[device]
+        final_in[k] = final_in.get(k, 0) + (new != "pending") - (old != "pending")
+
     for number, wave in enumerate(waves, 1):
         started = time.process_time()
         for device in wave:
@@ -217,22 +239,25 @@ async def rollout(
             await client.publish(
                 st.device_topic(device), st.desired_payload(targets), qos=1, retain=True
             )
+            wave_of[device] = number
+            outcomes[device] = "pending"
+            note(device)  # already there from an earlier run
         touched += wave
         cpu += time.process_time() - started
         say(f"wave {number}/{len(waves)}: {len(wave)} nodes ({len(touched)}/{len(devices)})")
         deadline = time.monotonic() + wave_timeout
         while True:
             started = time.process_time()
-            outcomes = {d: view.outcome(d, model, version) for d in touched}
-            failed = sum(o in st.FINAL_FAILED for o in outcomes.values())
-            in_wave = [outcomes[d] for d in wave]
-            final = sum(o != "pending" for o in in_wave)
+            for device in view.take_dirty():
+                if device in wave_of:
+                    note(device)
+            failed, final = counts["failed"], final_in.get(number, 0)
             cpu += time.process_time() - started
             if abort.tripped(failed, len(touched)):
                 reason = f"{failed} of {len(touched)} nodes failed"
                 say(f"abort: {reason}; the touched nodes go back to their previous version")
                 await _set_back(client, view, model, previous, touched, rollout_id)
-                return RolloutResult("aborted", waves[:number], outcomes, reason, cpu)
+                return RolloutResult("aborted", waves[:number], dict(outcomes), reason, cpu)
             if final == len(wave):
                 break
             left = deadline - time.monotonic()
@@ -243,13 +268,14 @@ async def rollout(
                     f"wave {number}: {final} of {len(wave)} nodes reported in {wave_timeout:.0f}s"
                 )
                 say(f"paused: {reason} (run the rollout again to continue)")
-                return RolloutResult("paused", waves[:number], outcomes, reason, cpu)
+                return RolloutResult("paused", waves[:number], dict(outcomes), reason, cpu)
             view.changed.clear()
+            if view.dirty:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(view.changed.wait(), min(left, 5.0))
         say(f"wave {number}: {final} of {len(wave)} reported, {failed} failed so far")
-    outcomes = {d: view.outcome(d, model, version) for d in touched}
-    return RolloutResult("done", waves, outcomes, "", cpu)
+    return RolloutResult("done", waves, dict(outcomes), "", cpu)
 
 
 async def _set_back(

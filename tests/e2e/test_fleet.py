@@ -220,6 +220,10 @@ def test_waves_roll_a_patch_out_and_a_failed_probation_aborts_the_wave(
             assert report["serving"] == "2" and report["versions"]["2"] == "committed", report
             assert report["method"] == "patch from 1", report
             assert 0 < report["bytes_fetched"] == patch_bytes < whole, report
+        status = edged("fleet", "status", MODEL, "--broker", world["broker"].url, "--json")
+        rows = {(r["version"], r["state"]): r["nodes"] for r in json.loads(status.stdout)}
+        assert rows[("2", "committed (serving)")] == 5, rows
+        assert [k for k in rows if k[0] == "2"] == [("2", "committed (serving)")], rows
 
         publish(world, v3)
         load = Load(daemons[watched].unix_url, MODEL)
@@ -278,6 +282,8 @@ def test_refusals_are_reported_and_nothing_is_staged(world: dict[str, Any], tmp_
 
     try:
         daemon.start()
+        health = daemon.edged("health")  # the DaemonSet's probe
+        assert health.returncode == 0 and health.stdout.strip() == "SERVING", health
         wait_for(lambda: model().get("serving") == "1", 60, "the first report")
 
         publish(world, untrusted, key="stranger.key")
@@ -307,6 +313,10 @@ def test_refusals_are_reported_and_nothing_is_staged(world: dict[str, Any], tmp_
         )
         assert model()["serving"] == "4"
         assert sorted(store.versions(name)) == ["1", "4"]
+        daemon.stop()
+        wait_for(lambda: fleet.online.get("refuser") == "0", 30, "offline after a clean stop")
+        health = daemon.edged("health", "--timeout", "2")
+        assert health.returncode == 1 and "not serving" in health.stdout, health
     finally:
         fleet.close()
         daemon.stop()
