@@ -343,9 +343,7 @@ def main() -> int:
         f"{w['nodes']} simulated nodes, waves {w['waves']}: {w['wave_seconds']} s per wave, "
         f"{w['total_seconds']} s in all ({w['state']})"
     )
-    print(
-        "| fleet | controller CPU s | decisions s | CPU per node ms | reports read | wall s |"
-    )
+    print("| fleet | controller CPU s | decisions s | CPU per node ms | reports read | wall s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in result["controller"]:
         per_node = 1000 * r["cpu_seconds"] / r["fleet"]

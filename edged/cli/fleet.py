@@ -8,8 +8,13 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from edged.errors import EdgedError, ErrorCode
+
+T = TypeVar("T")
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -23,6 +28,29 @@ def _registry(args: argparse.Namespace) -> Any:
         ),
         Path(args.registry_ca) if args.registry_ca else None,
     )
+
+
+def _broker(args: argparse.Namespace, identifier: str) -> Any:
+    from edged.fleet import rollout as ro
+
+    return ro.client_for(
+        args.broker,
+        identifier,
+        os.environ.get("EDGED_BROKER_USERNAME", ""),
+        os.environ.get("EDGED_BROKER_PASSWORD", ""),
+        args.broker_ca,
+    )
+
+
+def _on_broker(args: argparse.Namespace, run: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``run``; a broker that cannot be reached (refused, TLS, credentials) is an error
+    naming it, not a traceback."""
+    import aiomqtt
+
+    try:
+        return asyncio.run(run())
+    except aiomqtt.MqttError as e:
+        raise EdgedError(f"broker {args.broker}: {e}", ErrorCode.UNAVAILABLE) from None
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -72,7 +100,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     async def run() -> ro.RolloutResult:
         view = ro.FleetView()
-        async with ro.client_for(args.broker, f"edged-controller-{os.getpid()}") as client:
+        async with _broker(args, f"edged-controller-{os.getpid()}") as client:
             pump = await ro.follow(client, view, args.settle)
             try:
                 return await ro.rollout(
@@ -90,7 +118,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             finally:
                 pump.cancel()
 
-    result = asyncio.run(run())
+    result = _on_broker(args, run)
     counts: dict[str, int] = {}
     for outcome in result.outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
@@ -107,12 +135,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     async def run() -> ro.FleetView:
         view = ro.FleetView()
-        async with ro.client_for(args.broker, f"edged-status-{os.getpid()}") as client:
+        async with _broker(args, f"edged-status-{os.getpid()}") as client:
             pump = await ro.follow(client, view, args.settle)
             pump.cancel()
         return view
 
-    view = asyncio.run(run())
+    view = _on_broker(args, run)
     rows = ro.status_table(view, args.model or "")
     if args.json:
         json.dump(
@@ -156,6 +184,7 @@ def register(sub: Any) -> None:
     def broker_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--broker", required=True, help="mqtt[s]://host:port")
         p.add_argument("--settle", type=float, default=1.0, help="seconds to read the fleet")
+        p.add_argument("--broker-ca", help="CA certificate of the broker (a private CA)")
 
     p = fleet_sub.add_parser("rollout", help="roll a version out in waves, abort on failures")
     p.add_argument("model")

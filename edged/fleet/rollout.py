@@ -138,8 +138,14 @@ class FleetView:
 
 
 def client_for(
-    broker: str, identifier: str, username: str = "", password: str = ""
+    broker: str,
+    identifier: str,
+    username: str = "",
+    password: str = "",
+    ca_file: str | None = None,
 ) -> aiomqtt.Client:
+    """An MQTT client of ``broker`` (``mqtts://``: TLS, verified against ``ca_file`` or the
+    system's CAs)."""
     url = urlsplit(broker)
     if url.scheme not in ("mqtt", "mqtts"):
         raise EdgedError(
@@ -147,7 +153,7 @@ def client_for(
         )
     import ssl
 
-    tls = ssl.create_default_context() if url.scheme == "mqtts" else None
+    tls = ssl.create_default_context(cafile=ca_file) if url.scheme == "mqtts" else None
     return aiomqtt.Client(
         url.hostname or "127.0.0.1",
         url.port or (8883 if tls else 1883),

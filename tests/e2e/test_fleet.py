@@ -27,7 +27,7 @@ from edged.update import signing
 from edged.update.synthetic import finetune
 from tests.daemon import DaemonProcess, wait_for
 from tests.e2e.test_promotion import Load
-from tests.fleet_servers import Broker, Registry, need_servers
+from tests.fleet_servers import Broker, Registry, need_servers, private_ca
 from tests.versions import version_dir
 
 MODEL = "m"
@@ -404,3 +404,49 @@ def test_a_download_cut_by_the_registry_resumes_where_it_stopped(
         if registry.proc is None or registry.proc.poll() is not None:
             with contextlib.suppress(Exception):
                 registry.start()
+
+
+def test_registry_and_broker_over_tls_with_a_private_ca(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """A registry on HTTPS and a broker on MQTTS, both with certificates of a private CA: the
+    controller (publish, status) and a node reach them with the CA configured, and a client
+    without it is refused with a certificate error."""
+    ca, cert, key = private_ca(tmp_path / "ca")
+    registry = Registry(tmp_path / "tls-registry", tls=(cert, key)).start()
+    broker = Broker(tmp_path / "tls-broker", tls=(ca, cert, key)).start()
+    src = tmp_path / "src"
+    v1 = version_dir(src, "t", "1", seed=21)
+    v2 = fine_tuned(v1, src / "2", "2", seed=2)
+    secure = {**world, "registry": registry, "broker": broker}
+    daemon = node(
+        secure, tmp_path / "n", "tls-node", v1,
+        fleet__registry_ca_file=str(ca), fleet__broker_ca_file=str(ca),
+    )  # fmt: skip
+    try:
+        refused = edged(
+            "fleet", "publish", str(v1), "--registry", registry.url,
+            "--key", str(world["root"] / "controller.key"),
+        )  # fmt: skip
+        assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused
+        publish(secure, v1, "--registry-ca", str(ca))
+        publish(secure, v2, "--registry-ca", str(ca))
+        daemon.start()
+        status = ["fleet", "status", "--broker", broker.url, "--json", "--settle", "2"]
+        wait_for(
+            lambda: '"t"' in edged(*status, "--broker-ca", str(ca)).stdout, 60, "the node's report"
+        )
+        untrusted = edged(*status)
+        assert untrusted.returncode != 0 and "certificate verify failed" in untrusted.stderr.lower()
+        fleet_client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-test")
+        fleet_client.tls_set(ca_certs=str(ca))
+        fleet_client.connect("127.0.0.1", broker.port)
+        fleet_client.publish(
+            st.device_topic("tls-node"), json.dumps({"models": {"t": {"version": "2"}}}), 1, True
+        ).wait_for_publish(10)
+        fleet_client.disconnect()
+        wait_for(lambda: ModelStore(tmp_path / "n" / "store").active("t") == "2", 90, "v2 over TLS")
+    finally:
+        daemon.stop()
+        broker.stop()
+        registry.stop()
