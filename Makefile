@@ -21,6 +21,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The stubs' generator: the protoc of protobuf 6.31 (grpcio-tools 1.80), beside the venv, not in it.
+# protobuf loads generated code no newer than its own runtime, and as old as the major release
+# before it, so 6.31 gencode runs on every protobuf from 6.31.1 to 7.x: the range pyproject.toml
+# declares (docs/architecture.md, "Generated code").
+PROTOC_ENV := $(VENV)/protoc-6.31
+PROTOC := PYTHONPATH=$(PROTOC_ENV) $(BIN)/python -m grpc_tools.protoc
+$(PROTOC_ENV)/.installed: | $(BIN)/python
+	$(BIN)/pip install -q --no-deps --target $(PROTOC_ENV) grpcio-tools==1.80.0 protobuf==6.31.1
+	touch $@
+
+# The newest tritonclient with the protobuf it pulls in (6.x), overlaid on the venv the way
+# `pip install -U tritonclient[grpc]` leaves an application's environment: the daemon and the
+# client are driven with it by tests/e2e/test_clients.py.
+TRITON_NEWEST := $(VENV)/tritonclient-newest
+$(TRITON_NEWEST)/.installed: | $(BIN)/python
+	$(BIN)/pip install -q --no-deps --target $(TRITON_NEWEST) 'tritonclient[grpc]' 'protobuf<7'
+	touch $@
+
 # Built once (order-only: a re-install does not rebuild it); `rm -rf var` to start over.
 var/store/.demo-imported: | $(VENV)/.installed
 	$(BIN)/edged demo --config $(CONFIG)
@@ -31,13 +49,13 @@ demo: var/store/.demo-imported
 run: install demo
 	$(BIN)/edged serve --config $(CONFIG)
 
-stubs: install
-	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+stubs: install $(PROTOC_ENV)/.installed
+	$(PROTOC) -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 # Generated stubs are committed; regenerating them must change nothing.
-check-stubs: install
+check-stubs: install $(PROTOC_ENV)/.installed
 	@tmp=$$(mktemp -d) && \
-	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
+	$(PROTOC) -I protos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
 	for f in $$(cd $$tmp && find edged/api -type f); do \
 	  cmp -s $$tmp/$$f $$f || { echo "stale generated stub: $$f (run 'make stubs')"; rm -rf $$tmp; exit 1; }; \
 	done; \
@@ -53,7 +71,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install $(TRITON_NEWEST)/.installed
 	$(BIN)/pytest -q
 
 test: check-stubs lint typecheck pytest

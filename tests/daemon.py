@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edged.api import health_pb2, health_pb2_grpc
 
 
 def free_port() -> int:
@@ -47,8 +48,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
 
 
 class DaemonProcess:
-    def __init__(self, store: Path, **overrides: Any) -> None:
+    def __init__(self, store: Path, env: dict[str, str] | None = None, **overrides: Any) -> None:
         self.store = store
+        self.env = env or {}  # added to the daemon's environment (PYTHONPATH overlays)
         # unix socket paths are limited to 108 bytes: keep them short, out of pytest's tmp dirs.
         self.sock_dir = Path(tempfile.mkdtemp(prefix="edged-", dir="/tmp"))
         self.socket = self.sock_dir / "edged.sock"
@@ -102,7 +104,7 @@ class DaemonProcess:
                 [sys.executable, "-m", "edged", "serve", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         self.wait_serving(timeout)
         return self

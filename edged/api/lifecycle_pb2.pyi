@@ -47,7 +47,7 @@ class VersionInfo(_message.Message):
     requested: bool
     figures: _containers.ScalarMap[str, float]
     lineage: LineageInfo
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., serving: _Optional[bool] = ..., since: _Optional[float] = ..., requested: _Optional[bool] = ..., figures: _Optional[_Mapping[str, float]] = ..., lineage: _Optional[_Union[LineageInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., serving: bool = ..., since: _Optional[float] = ..., requested: bool = ..., figures: _Optional[_Mapping[str, float]] = ..., lineage: _Optional[_Union[LineageInfo, _Mapping]] = ...) -> None: ...
 
 class VersionsRequest(_message.Message):
     __slots__ = ("model",)
@@ -113,7 +113,7 @@ class LineageNode(_message.Message):
     serving: bool
     changes: _containers.RepeatedScalarFieldContainer[str]
     lineage: LineageInfo
-    def __init__(self, version: _Optional[str] = ..., parent: _Optional[str] = ..., state: _Optional[str] = ..., serving: _Optional[bool] = ..., changes: _Optional[_Iterable[str]] = ..., lineage: _Optional[_Union[LineageInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., parent: _Optional[str] = ..., state: _Optional[str] = ..., serving: bool = ..., changes: _Optional[_Iterable[str]] = ..., lineage: _Optional[_Union[LineageInfo, _Mapping]] = ...) -> None: ...
 
 class LineageResponse(_message.Message):
     __slots__ = ("nodes",)

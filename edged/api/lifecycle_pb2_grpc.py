@@ -5,7 +5,7 @@ import warnings
 
 from edged.api import lifecycle_pb2 as edged_dot_api_dot_lifecycle__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class LifecycleStub:
+class LifecycleStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +56,7 @@ class LifecycleStub:
                 _registered_method=True)
 
 
-class LifecycleServicer:
+class LifecycleServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Versions(self, request, context):
@@ -119,7 +119,7 @@ def add_LifecycleServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Lifecycle:
+class Lifecycle(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -78,7 +78,7 @@ class Variant(_message.Message):
     accuracy: float
     ece: float
     measured_quality: float
-    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., quantization: _Optional[str] = ..., quality: _Optional[float] = ..., size: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., serving: _Optional[bool] = ..., labels: _Optional[int] = ..., accuracy: _Optional[float] = ..., ece: _Optional[float] = ..., measured_quality: _Optional[float] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., quantization: _Optional[str] = ..., quality: _Optional[float] = ..., size: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., serving: bool = ..., labels: _Optional[int] = ..., accuracy: _Optional[float] = ..., ece: _Optional[float] = ..., measured_quality: _Optional[float] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("bytes", "limited_by", "accounted_bytes", "available_bytes", "psi_some_avg10")
@@ -102,7 +102,7 @@ class ModelVersion(_message.Message):
     version: str
     active: bool
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
-    def __init__(self, version: _Optional[str] = ..., active: _Optional[bool] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., active: bool = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "active_version", "state", "versions", "pinned", "predicted_rate", "last_use_seconds_ago", "reason")
@@ -122,7 +122,7 @@ class Model(_message.Message):
     predicted_rate: float
     last_use_seconds_ago: float
     reason: str
-    def __init__(self, name: _Optional[str] = ..., active_version: _Optional[str] = ..., state: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., pinned: _Optional[bool] = ..., predicted_rate: _Optional[float] = ..., last_use_seconds_ago: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., active_version: _Optional[str] = ..., state: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., pinned: bool = ..., predicted_rate: _Optional[float] = ..., last_use_seconds_ago: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "budget")

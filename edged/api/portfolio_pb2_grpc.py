@@ -5,7 +5,7 @@ import warnings
 
 from edged.api import portfolio_pb2 as edged_dot_api_dot_portfolio__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class PortfolioStub:
+class PortfolioStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -61,7 +61,7 @@ class PortfolioStub:
                 _registered_method=True)
 
 
-class PortfolioServicer:
+class PortfolioServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def ListModels(self, request, context):
@@ -136,7 +136,7 @@ def add_PortfolioServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Portfolio:
+class Portfolio(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -26,7 +26,7 @@ class LabelResponse(_message.Message):
     variant: str
     stratum: int
     correct: bool
-    def __init__(self, version: _Optional[str] = ..., variant: _Optional[str] = ..., stratum: _Optional[int] = ..., correct: _Optional[bool] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., variant: _Optional[str] = ..., stratum: _Optional[int] = ..., correct: bool = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("model",)

@@ -5,7 +5,7 @@ import warnings
 
 from edged.api import quality_pb2 as edged_dot_api_dot_quality__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class QualityStub:
+class QualityStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class QualityStub:
                 _registered_method=True)
 
 
-class QualityServicer:
+class QualityServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Label(self, request, context):
@@ -85,7 +85,7 @@ def add_QualityServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Quality:
+class Quality(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -5,7 +5,7 @@ import warnings
 
 from edged.api import updates_pb2 as edged_dot_api_dot_updates__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class UpdatesStub:
+class UpdatesStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class UpdatesStub:
                 _registered_method=True)
 
 
-class UpdatesServicer:
+class UpdatesServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Push(self, request_iterator, context):
@@ -87,7 +87,7 @@ def add_UpdatesServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Updates:
+class Updates(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -130,7 +130,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     """The gRPC health service's answer: exit 0 when SERVING (an exec probe for Kubernetes, a
     check for scripts), 1 otherwise, saying what it got; with --live, 0 on any answer."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from edged.api import health_pb2, health_pb2_grpc
 
     try:
         with grpc.insecure_channel(address(args)) as channel:

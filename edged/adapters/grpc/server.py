@@ -10,15 +10,17 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from edged.adapters.grpc import health, reflection
+from edged.adapters.grpc.health import HealthServicer
 from edged.adapters.grpc.inference import InferenceServicer
 from edged.adapters.grpc.lifecycle_service import LifecycleServicer
 from edged.adapters.grpc.portfolio_service import PortfolioServicer
 from edged.adapters.grpc.quality_service import QualityServicer
 from edged.adapters.grpc.updates_service import UpdatesServicer
 from edged.api import (
+    health_pb2,
+    health_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     lifecycle_pb2,
@@ -70,12 +72,9 @@ class GrpcServer:
             updates_pb2_grpc.add_UpdatesServicer_to_server(
                 UpdatesServicer(serving.updates), self.server
             )
-        # grpc_health attaches its asyncio servicer at import time; mypy cannot see it.
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable((*SERVICES, health.SERVICE_NAME), self.server)
         self.tcp_port: int | None = None
 
     async def start(self) -> None:
