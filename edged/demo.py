@@ -372,7 +372,8 @@ def _gguf_family(out: Path) -> Path:
     gguf_llama(f16)
     quantize_q8_0(f16, q8)
     quality = _text_agreement(_greedy_texts(f16), _greedy_texts(q8))
-    options = {"threads": 1, "n_ctx": N_CTX}
+    # Two contexts: two streams on the model are generated at once (docs/runtimes.md).
+    options = {"threads": 1, "n_ctx": N_CTX, "contexts": 2}
     variants = [
         _variant(directory, "f16", "gguf", f16.name, "f16", 1.0, None, options),
         _variant(directory, "q8_0", "gguf", q8.name, "q8_0", quality, None, options),

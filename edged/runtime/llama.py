@@ -1,13 +1,18 @@
 """llama.cpp (through llama-cpp-python) behind the Runtime protocol.
 
-A llama.cpp context is not thread-safe, so every call on it holds the context lock; requests to
-one GGUF model are served one at a time, in arrival order.
+A llama.cpp context is not thread-safe, so a request holds one context for its whole run. A
+variant opens ``contexts`` of them (option, default 1): each is a ``Llama`` over the same
+memory-mapped file, so the weights' pages are shared and a context costs its KV cache and compute
+buffers (n_ctx-sized; measured with the rest when the variant is loaded and probed, so the memory
+budget sees them). With two, two streams on one model are generated at once; a request that
+finds every context busy waits for one, in arrival order.
 """
 
 from __future__ import annotations
 
 import codecs
-import threading
+import contextlib
+import queue
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from edged.store.manifest import Warmup
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
 EMBEDDING_OUTPUT = "embedding"
+MAX_CONTEXTS = 16
 
 
 class LlamaRuntime:
@@ -31,16 +37,30 @@ class LlamaRuntime:
         from llama_cpp import Llama
 
         self._embedding = bool(options.get("embedding", False))
-        self._llm = Llama(
-            model_path=str(path),
-            n_ctx=int(options.get("n_ctx", 512)),
-            n_threads=int(options.get("threads", 1)),
-            n_batch=int(options.get("n_batch", 128)),
-            use_mmap=True,
-            embedding=self._embedding,
-            verbose=False,
-        )
-        self._lock = threading.Lock()
+        count = int(options.get("contexts", 1))
+        if not 1 <= count <= MAX_CONTEXTS:
+            raise ValueError(f"options.contexts: expected 1 to {MAX_CONTEXTS}, got {count}")
+        self._contexts: list[Any] = []
+        try:
+            for _ in range(count):
+                self._contexts.append(
+                    Llama(
+                        model_path=str(path),
+                        n_ctx=int(options.get("n_ctx", 512)),
+                        n_threads=int(options.get("threads", 1)),
+                        n_batch=int(options.get("n_batch", 128)),
+                        use_mmap=True,
+                        embedding=self._embedding,
+                        verbose=False,
+                    )
+                )
+        except BaseException:
+            for llm in self._contexts:
+                llm.close()
+            raise
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for llm in self._contexts:
+            self._free.put(llm)
         self.generative = not self._embedding
         self.inputs: tuple[TensorSpec, ...] = (TensorSpec(TEXT_INPUT, "BYTES", (1,)),)
         self.outputs: tuple[TensorSpec, ...]
@@ -52,8 +72,8 @@ class LlamaRuntime:
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         prompt = prompt_text(inputs[TEXT_INPUT], TEXT_INPUT)
         if self._embedding:
-            with self._lock:
-                vector = np.asarray(self._llm.embed(prompt), dtype=np.float32)
+            with self._context() as llm:
+                vector = np.asarray(llm.embed(prompt), dtype=np.float32)
             # Models without a pooling type give one vector per token: mean-pool them.
             if vector.ndim == 2:
                 vector = vector.mean(axis=0)
@@ -76,9 +96,8 @@ class LlamaRuntime:
             raise InvalidInputError("this GGUF variant serves embeddings, not generation")
         import llama_cpp
 
-        llm = self._llm
-        with self._lock:
-            prompt_tokens = self._prompt_tokens(prompt)
+        with self._context() as llm:
+            prompt_tokens = self._prompt_tokens(llm, prompt)
             n_ctx = llm.n_ctx()
             if len(prompt_tokens) >= n_ctx:
                 raise InvalidInputError(
@@ -117,10 +136,19 @@ class LlamaRuntime:
             if tail:
                 yield tail
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[Any]:
+        """A free context for one request's run (waiting for one when all are busy)."""
+        llm = self._free.get()
+        try:
+            yield llm
+        finally:
+            self._free.put(llm)
+
+    @staticmethod
+    def _prompt_tokens(llm: Any, prompt: str) -> list[int]:
         """As create_completion tokenizes a prompt: BOS when the model wants one, then the text
         with special tokens parsed."""
-        llm = self._llm
         bos = llm.token_bos()
         head = [bos] if bos != -1 and llm._model.add_bos_token() else []
         return head + (llm.tokenize(prompt.encode(), add_bos=False, special=True) if prompt else [])
@@ -134,5 +162,6 @@ class LlamaRuntime:
                 pass
 
     def close(self) -> None:
-        with self._lock:
-            self._llm.close()
+        """Close every context, once each is free (a drained handle has none in use)."""
+        for _ in self._contexts:
+            self._free.get().close()

@@ -409,3 +409,51 @@ def test_unix_socket_is_group_accessible_only(module_daemon: DaemonProcess) -> N
 
     mode = stat.S_IMODE(module_daemon.socket.stat().st_mode)
     assert mode == 0o660
+
+
+def test_two_streams_on_one_gguf_model_progress_together(module_daemon: DaemonProcess) -> None:
+    """The demo's GGUF variants hold two llama.cpp contexts: two streamed generations on the same
+    model are produced at once, each yielding chunks before the other has finished."""
+    import threading
+    import time
+
+    arrivals: dict[str, list[float]] = {"a": [], "b": []}
+    errors: list[Any] = []
+
+    def run(name: str, started: threading.Barrier) -> None:
+        client = triton.InferenceServerClient(url=module_daemon.unix_url)
+        done = threading.Event()
+
+        def callback(result: Any, error: Any) -> None:
+            if error is not None:
+                errors.append(error)
+                done.set()
+                return
+            arrivals[name].append(time.monotonic())
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                done.set()
+
+        client.start_stream(callback=callback)
+        inp = triton.InferInput("text_input", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([b"Once upon a time"], dtype=object))
+        started.wait(30)
+        client.async_stream_infer(
+            "tinyllama", [inp], parameters={"max_tokens": 400, "stream": True, "temperature": "0"}
+        )
+        assert done.wait(120)
+        client.stop_stream()
+        client.close()
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=run, args=(n, barrier)) for n in arrivals]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert errors == []
+    a, b = arrivals["a"], arrivals["b"]
+    assert len(a) > 10 and len(b) > 10, (len(a), len(b))
+    # Each had produced chunks before the other produced its last: they overlapped.
+    assert a[1] < b[-1] and b[1] < a[-1]
+    # And not just at the edges: well over a few chunks of each within the other's run.
+    assert sum(b[0] < t < b[-1] for t in a) > len(a) // 4
