@@ -13,12 +13,12 @@ import dataclasses
 import enum
 import logging
 import signal
+from typing import Any
 
 import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from edged.adapters import systemd
-from edged.adapters.fleet import FleetAgent
 from edged.adapters.grpc.server import GrpcServer
 from edged.adapters.prometheus import Metrics
 from edged.forecast.forecaster import Forecaster
@@ -51,7 +51,7 @@ class Phase(enum.Enum):
 
 @dataclasses.dataclass
 class _Fleet:
-    agent: FleetAgent
+    agent: Any  # edged.adapters.fleet.FleetAgent, imported only when enabled
     task: asyncio.Task[None]
 
     async def stop(self) -> None:
@@ -73,7 +73,7 @@ class Daemon:
     # -- building ------------------------------------------------------------------------------
 
     def _build_portfolio(self) -> Portfolio:
-        warm_runtimes()
+        warm_runtimes({v.format for m in self.store.iter_manifests() for v in m.variants})
         return Portfolio(
             self.store,
             CrashJournal(self.store.state / "journal"),
@@ -209,6 +209,9 @@ class Daemon:
         if not self.settings.fleet.enabled:
             return None
         assert serving.updates is not None and serving.lifecycle is not None
+        # Imported here: httpx and aiomqtt (~9 MB) stay out of a daemon with no fleet.
+        from edged.adapters.fleet import FleetAgent
+
         agent = FleetAgent(
             self.settings.fleet, serving.updates, serving.lifecycle, serving.repository
         )

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from edged.runtime.base import Runtime
 
 
-def warm_runtimes() -> None:
+def warm_runtimes(formats: Collection[str] | None = None) -> None:
     """Initialise the runtimes' process-wide state (onnxruntime's environment, llama.cpp's
     backend) before any variant loads, so that one-time cost lands in the daemon's baseline
-    instead of the first model's measured memory."""
-    import onnxruntime
-    from llama_cpp import llama_cpp
-
+    instead of the first model's measured memory. ``formats``: only the runtimes of these
+    variant formats (the store's at start: a daemon with no GGUF model never maps llama.cpp,
+    ~10 MB, nor one with no ONNX model onnxruntime, ~20 MB); None: all of them."""
     from edged.runtime.base import TensorSpec, example_inputs
 
-    session = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
-    # Warm-up inputs come from numpy.random, a ~3 MB import numpy makes on first use: without
-    # this the first variant loaded (and every variant the probe measures) was charged for it.
-    session.run(None, example_inputs((TensorSpec("x", "FP32", (1,)),)))
-    del session
-    llama_cpp.llama_backend_init()
+    if formats is None or "onnx" in formats:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
+        # Warm-up inputs come from numpy.random, a ~3 MB import numpy makes on first use: without
+        # this the first variant loaded (and every variant the probe measures) was charged for it.
+        session.run(None, example_inputs((TensorSpec("x", "FP32", (1,)),)))
+        del session
+    if formats is None or "gguf" in formats:
+        from llama_cpp import llama_cpp
+
+        llama_cpp.llama_backend_init()
 
 
 # A one-node ONNX model (y = Identity(x), float[1]) that makes onnxruntime set up its environment.
