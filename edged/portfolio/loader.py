@@ -23,7 +23,7 @@ from edged.portfolio.budget import MemoryMeter
 from edged.portfolio.journal import LOADING, RESIDENT, CrashJournal
 from edged.portfolio.slot import Handle
 from edged.portfolio.verdicts import variant_key
-from edged.runtime import open_runtime
+from edged.runtime import open_runtime, warm_runtimes
 from edged.runtime.base import LoadStats, Runtime
 from edged.runtime.cascade import CascadeRuntime
 from edged.store.lineage import output_kinds
@@ -90,8 +90,16 @@ class Loader:
         path = self.path_of(variant)
         meter = self.meter
 
+        formats = (
+            {manifest.variant(s).format for s in variant.options["stages"]}
+            if variant.format == CASCADE
+            else {variant.format}
+        )
+
         def work() -> tuple[Runtime, LoadStats]:
             before = _threads() if background else set()
+            # A format new since start: its runtime's one-time set-up is not this variant's memory.
+            warm_runtimes(formats)
             with meter.measure(variant, path) as stats:
                 runtime = self._open(manifest, variant, path)
                 runtime.warm_up(manifest.warmup)

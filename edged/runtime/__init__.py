@@ -8,16 +8,23 @@ from typing import Any
 
 from edged.runtime.base import Runtime
 
+_warmed: set[str] = set()  # runtimes whose process-wide state is set up
+
 
 def warm_runtimes(formats: Collection[str] | None = None) -> None:
     """Initialise the runtimes' process-wide state (onnxruntime's environment, llama.cpp's
     backend) before any variant loads, so that one-time cost lands in the daemon's baseline
     instead of the first model's measured memory. ``formats``: only the runtimes of these
     variant formats (the store's at start: a daemon with no GGUF model never maps llama.cpp,
-    ~10 MB, nor one with no ONNX model onnxruntime, ~20 MB); None: all of them."""
+    ~10 MB, nor one with no ONNX model onnxruntime, ~20 MB); None: all of them. A runtime
+    already warmed is not warmed again; the loader warms a format the store gained later before
+    it measures that first load."""
     from edged.runtime.base import TensorSpec, example_inputs
 
-    if formats is None or "onnx" in formats:
+    wanted = {"onnx", "gguf"} if formats is None else set(formats)
+    wanted -= _warmed
+    _warmed.update(wanted & {"onnx", "gguf"})
+    if "onnx" in wanted:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
@@ -25,7 +32,7 @@ def warm_runtimes(formats: Collection[str] | None = None) -> None:
         # this the first variant loaded (and every variant the probe measures) was charged for it.
         session.run(None, example_inputs((TensorSpec("x", "FP32", (1,)),)))
         del session
-    if formats is None or "gguf" in formats:
+    if "gguf" in wanted:
         from llama_cpp import llama_cpp
 
         llama_cpp.llama_backend_init()

@@ -162,7 +162,8 @@ def edit_tensors(
         elif edit == "reshape":
             out[name] = rng.standard_normal((a.shape[0] + 1, a.shape[1])).astype(a.dtype)
         elif edit == "add":
-            out[f"new{len(out)}"] = rng.standard_normal((3, 5)).astype(np.float32)
+            # 80 bytes: above the layouts' 64-byte floor (smaller payloads stay with the container).
+            out[f"new{len(out)}"] = rng.standard_normal((4, 5)).astype(np.float32)
         elif edit == "remove" and len(out) > 1:
             del out[name]
         elif edit == "rename":
