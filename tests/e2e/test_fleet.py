@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,39 +107,45 @@ def publish(
     return done.stdout
 
 
-def fine_tuned(base: Path, out: Path, version: str, seed: int) -> Path:
-    """``base`` with every weight moved ~0.1% (a new file, the same answers)."""
+def derived(base: Path, out: Path, version: str, edit: Callable[[Path, Path], None]) -> Path:
+    """A copy of ``base`` as ``version``, its (one) variant file rewritten by ``edit(old,
+    new)``, the manifest's digest and size fixed up."""
     directory = out / f"{MODEL}-{version}"
     shutil.copytree(base, directory)
     raw = json.loads((directory / "manifest.json").read_text())
     raw["version"] = version
     variant = raw["variants"][0]
     path = directory / variant["file"]
-    finetune(base / variant["file"], path, fraction=1.0, relative=1e-3, seed=seed)
+    edit(base / variant["file"], path)
     variant["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    variant["size"] = path.stat().st_size
     (directory / "manifest.json").write_text(json.dumps(raw))
     return directory
+
+
+def fine_tuned(base: Path, out: Path, version: str, seed: int) -> Path:
+    """``base`` with every weight moved ~0.1% (a new file, the same answers)."""
+    return derived(
+        base,
+        out,
+        version,
+        lambda old, new: finetune(old, new, fraction=1.0, relative=1e-3, seed=seed),
+    )
 
 
 def flattened(base: Path, out: Path, version: str, scale: float) -> Path:
     """``base`` with its last layer scaled: the same top-1 answers, much flatter scores (its
     confidence drifts: probation takes it back where it sees traffic)."""
-    directory = out / f"{MODEL}-{version}"
-    shutil.copytree(base, directory)
-    raw = json.loads((directory / "manifest.json").read_text())
-    raw["version"] = version
-    variant = raw["variants"][0]
-    path = directory / variant["file"]
-    model = load(str(path))
-    last = {i.name: i for i in model.graph.initializer}
-    for name in ("w1", "b1"):
-        array = numpy_helper.to_array(last[name]) * np.float32(scale)
-        last[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
-    save(model, str(path))
-    variant["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    variant["size"] = path.stat().st_size
-    (directory / "manifest.json").write_text(json.dumps(raw))
-    return directory
+
+    def edit(old: Path, new: Path) -> None:
+        model = load(str(old))
+        last = {i.name: i for i in model.graph.initializer}
+        for name in ("w1", "b1"):
+            array = numpy_helper.to_array(last[name]) * np.float32(scale)
+            last[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+        save(model, str(new))
+
+    return derived(base, out, version, edit)
 
 
 def node(
