@@ -256,9 +256,10 @@ async def controller_bench(broker: Broker, size: int) -> dict[str, Any]:
     await asyncio.wait_for(ready.wait(), 120)
     code = (
         "import asyncio, json, sys; from edged.fleet import rollout as ro\n"
+        "from edged.fleet.mqtt import client_for\n"
         "async def main():\n"
         "    view = ro.FleetView()\n"
-        "    async with ro.client_for(sys.argv[1], 'bench-ctl') as c:\n"
+        "    async with client_for(sys.argv[1], 'bench-ctl') as c:\n"
         "        pump = await ro.follow(c, view, 1.0)\n"
         "        r = await ro.rollout(c, view, sys.argv[2], '2', ro.parse_waves('1%,10%,50%,100%'),"
         " ro.AbortRule.parse('failed>2%'), group=sys.argv[3])\n"

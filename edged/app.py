@@ -73,6 +73,8 @@ class Daemon:
     # -- building ------------------------------------------------------------------------------
 
     def _build_portfolio(self) -> Portfolio:
+        # Before the portfolio exists: the runtimes' process-wide set-up lands in the baseline
+        # (warming after it was built left less memory given back on eviction).
         warm_runtimes({v.format for m in self.store.iter_manifests() for v in m.variants})
         return Portfolio(
             self.store,

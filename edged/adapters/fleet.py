@@ -16,17 +16,16 @@ import json
 import logging
 import random
 import socket
-import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 
 from edged.errors import EdgedError, ErrorCode, NotFoundError
 from edged.fleet import artifact as art
 from edged.fleet import state as st
+from edged.fleet.mqtt import client_for
 from edged.fleet.oci import Credentials, Registry, RegistryError
 from edged.fleet.publish import repository_of
 from edged.names import version_key
@@ -95,19 +94,13 @@ class FleetAgent:
         return [*(st.group_topic(g) for g in self.settings.groups), st.device_topic(self.device)]
 
     def _mqtt(self) -> aiomqtt.Client:
-        url = urlsplit(self.settings.broker)
-        tls = None
-        if url.scheme == "mqtts":
-            tls = ssl.create_default_context(
-                cafile=str(self.settings.broker_ca_file) if self.settings.broker_ca_file else None
-            )
-        return aiomqtt.Client(
-            url.hostname or "127.0.0.1",
-            url.port or (8883 if tls else 1883),
-            identifier=f"edged-{self.device}",
-            username=self.settings.broker_username or None,
-            password=self.settings.broker_password or None,
-            tls_context=tls,
+        f = self.settings
+        return client_for(
+            f.broker,
+            f"edged-{self.device}",
+            f.broker_username,
+            f.broker_password,
+            f.broker_ca_file,
             will=aiomqtt.Will(st.online_topic(self.device), b"0", qos=1, retain=True),
             keepalive=30,
             max_queued_outgoing_messages=64,
@@ -183,10 +176,8 @@ class FleetAgent:
         """Start (or restart) the work of each model whose target changed."""
         for model, target in self.targets().items():
             running = self._tasks.get(model)
-            if running is not None and running[0] == target and not running[1].done():
-                continue
             if running is not None and running[0] == target:
-                continue  # done with this target; a new desired message restarts it
+                continue  # under way, or done: only a changed target starts work again
             if running is not None:
                 running[1].cancel()
             self._tasks[model] = (target, asyncio.ensure_future(self._follow(model, target)))
@@ -218,9 +209,11 @@ class FleetAgent:
         except NotFoundError:
             return []
 
-    def _held(self, model: str) -> tuple[str, dict[str, str]]:
+    def _held(
+        self, model: str, views: list[VersionStateView] | None = None
+    ) -> tuple[str, dict[str, str]]:
         """(the serving version or "", version -> lifecycle state)."""
-        views = self._views(model)
+        views = self._views(model) if views is None else views
         serving = next((v.version for v in views if v.serving), "")
         return serving, {v.version: v.state for v in views}
 
@@ -240,11 +233,13 @@ class FleetAgent:
             raise RefusedError(
                 f"{repository}:{target.reference} holds version {version}, not {target.version}"
             )
-        serving, held = self._held(model)
+        views = self._views(model)
+        serving, held = self._held(model, views)
         if version == serving:
             # Told to stay (a rollout aborted): a newer version under evaluation is abandoned.
-            if any(s in ("candidate", "probation") for s in held.values()) or any(
-                v.requested and v.state == "staged" for v in self._views(model)
+            if any(
+                v.state in ("candidate", "probation") or (v.requested and v.state == "staged")
+                for v in views
             ):
                 abandoned = await self.lifecycle.cancel(
                     model, f"promotion abandoned: the desired state is version {version}"

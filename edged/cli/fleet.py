@@ -31,9 +31,9 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _broker(args: argparse.Namespace, identifier: str) -> Any:
-    from edged.fleet import rollout as ro
+    from edged.fleet.mqtt import client_for
 
-    return ro.client_for(
+    return client_for(
         args.broker,
         identifier,
         os.environ.get("EDGED_BROKER_USERNAME", ""),

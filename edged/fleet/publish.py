@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -65,21 +66,17 @@ async def fetch_version(registry: Registry, repository: str, version: str, into:
         path = into / variant.file
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = "sha256:" + variant.sha256
+        h = hashlib.sha256()
         with path.open("wb") as out:
             async for chunk in registry.blob(repository, digest):
+                h.update(chunk)
                 out.write(chunk)
-        if sha256_digest_file(path) != digest:
+        if "sha256:" + h.hexdigest() != digest:
             raise RegistryError(
                 f"{repository}: blob {digest[:19]} does not match", "digest_mismatch"
             )
     (into / "manifest.json").write_bytes(config)
     return into
-
-
-def sha256_digest_file(path: Path) -> str:
-    from edged.update.patch import sha256_file
-
-    return "sha256:" + sha256_file(path)[0]
 
 
 async def publish(

@@ -26,7 +26,6 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 
 import aiomqtt
 
@@ -135,33 +134,6 @@ class FleetView:
         report = self.reports.get(device)
         entry = report.models.get(model) if report else None
         return entry.outcome(version) if entry else "pending"
-
-
-def client_for(
-    broker: str,
-    identifier: str,
-    username: str = "",
-    password: str = "",
-    ca_file: str | None = None,
-) -> aiomqtt.Client:
-    """An MQTT client of ``broker`` (``mqtts://``: TLS, verified against ``ca_file`` or the
-    system's CAs)."""
-    url = urlsplit(broker)
-    if url.scheme not in ("mqtt", "mqtts"):
-        raise EdgedError(
-            f"broker {broker!r}: expected mqtt:// or mqtts://", ErrorCode.INVALID_ARGUMENT
-        )
-    import ssl
-
-    tls = ssl.create_default_context(cafile=ca_file) if url.scheme == "mqtts" else None
-    return aiomqtt.Client(
-        url.hostname or "127.0.0.1",
-        url.port or (8883 if tls else 1883),
-        identifier=identifier,
-        username=username or None,
-        password=password or None,
-        tls_context=tls,
-    )
 
 
 async def follow(client: aiomqtt.Client, view: FleetView, settle: float) -> asyncio.Task[None]:
