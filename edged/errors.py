@@ -14,6 +14,7 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
     ABORTED = "aborted"
     OUT_OF_RANGE = "out_of_range"
     DATA_LOSS = "data_loss"

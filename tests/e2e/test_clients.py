@@ -35,7 +35,24 @@ client = triton.InferenceServerClient(url=url)
 out = {"tritonclient": version("tritonclient"), "protobuf": google.protobuf.__version__}
 data = triton.InferInput("input", [2, 64], "FP32")
 data.set_data_from_numpy(np.ones((2, 64), np.float32))
-out["logits"] = list(client.infer("mlp", [data]).as_numpy("logits").shape)
+wire = client.infer("mlp", [data]).as_numpy("logits")
+out["logits"] = list(wire.shape)
+# The same request through the release's own shared-memory utilities (multiprocessing-based).
+import os, tritonclient.utils.shared_memory as shm
+key = f"/edged-newest-{os.getpid()}"
+region = shm.create_shared_memory_region("in_out", key, 2 * 64 * 4 + wire.nbytes)
+try:
+    shm.set_shared_memory_region(region, [np.ones((2, 64), np.float32)])
+    client.register_system_shared_memory("in_out", key, 2 * 64 * 4 + wire.nbytes)
+    data.set_shared_memory("in_out", 2 * 64 * 4)
+    wanted = triton.InferRequestedOutput("logits")
+    wanted.set_shared_memory("in_out", wire.nbytes, offset=2 * 64 * 4)
+    client.infer("mlp", [data], outputs=[wanted])
+    got = shm.get_contents_as_numpy(region, np.float32, [2, 10], offset=2 * 64 * 4)
+    out["shm_equal"] = bool((got == wire).all())
+    client.unregister_system_shared_memory()
+finally:
+    shm.destroy_shared_memory_region(region)
 out["index"] = sorted({m.name for m in client.get_model_repository_index().models})
 out["ready"] = client.is_model_ready("mlp")
 chunks = queue.Queue()
@@ -84,6 +101,7 @@ def test_the_newest_tritonclient_and_its_protobuf_drive_the_daemon(demo_store: P
         major, minor = map(int, out["tritonclient"].split(".")[:2])
         assert (major, minor) > (2, 41), out  # newer than what pip picks beside protobuf 7
         assert out["logits"] == [2, 10] and out["ready"] is True
+        assert out["shm_equal"] is True
         assert {"mlp", "tinyllama"} <= set(out["index"])
         assert out["chunks"] >= 2
         # The daemon itself ran on the overlay's protobuf.

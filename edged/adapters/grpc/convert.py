@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -67,14 +67,24 @@ def serialize_bytes(array: Array) -> bytes:
     return b"".join(parts)
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
+# Reads an input tensor held elsewhere (a shared-memory region): the array, or None when the
+# tensor's data is in the request.
+SharedInput = Callable[
+    [pb.ModelInferRequest.InferInputTensor, np.dtype[Any], tuple[int, ...], int], "Array | None"
+]
+
+
+def decode_inputs(
+    request: pb.ModelInferRequest, shared: SharedInput | None = None
+) -> dict[str, Array]:
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    if raw and shared is None and len(raw) != len(request.inputs):
         raise InvalidInputError(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} input tensors"
         )
     arrays: dict[str, Array] = {}
-    for index, tensor in enumerate(request.inputs):
+    raw_index = 0
+    for tensor in request.inputs:
         name = tensor.name
         if name in arrays:
             raise InvalidInputError(f"input tensor {name!r} appears twice")
@@ -88,10 +98,26 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
         if shape and min(shape) < 0:
             raise InvalidInputError(f"input tensor {name!r}: negative dimension in {list(shape)}")
         count = math.prod(shape)
+        if shared is not None:
+            array = shared(tensor, dtype, shape, count)
+            if array is not None:
+                arrays[name] = array
+                continue
         if raw:
-            arrays[name] = _from_raw(raw[index], tensor.datatype, dtype, shape, count, name)
+            # Triton's rule: raw entries belong, in order, to the tensors not in shared memory.
+            if raw_index >= len(raw):
+                raise InvalidInputError(
+                    f"input tensor {name!r}: raw_input_contents has no entry for it"
+                )
+            arrays[name] = _from_raw(raw[raw_index], tensor.datatype, dtype, shape, count, name)
+            raw_index += 1
         else:
             arrays[name] = _from_contents(tensor, dtype, shape, count)
+    if raw_index != len(raw):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries for {raw_index} input tensors sent "
+            "in the request"
+        )
     return arrays
 
 

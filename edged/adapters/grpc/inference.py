@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -10,18 +11,30 @@ from typing import Any
 import grpc
 
 import edged
-from edged.adapters.grpc import convert, wire
+from edged.adapters.grpc import convert, shared_memory, wire
 from edged.adapters.grpc.status import abort, mapped_errors
 from edged.api import inference_pb2 as pb
 from edged.api import inference_pb2_grpc as pb_grpc
-from edged.errors import EdgedError
+from edged.errors import EdgedError, InvalidInputError, UnavailableError
 from edged.serving import Serving
 from edged.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-EXTENSIONS = ["model_repository", "statistics", "binary_tensor_data", "edged_generate"]
+EXTENSIONS = [
+    "model_repository",
+    "statistics",
+    "binary_tensor_data",
+    "system_shared_memory",
+    "edged_generate",
+]
+# Shared-memory tensors larger than this are copied in a worker thread, not on the event loop.
+INLINE_COPY_BYTES = 1 << 20
+NO_CUDA = (
+    "CUDA shared memory is not available: edged runs its models on the CPU; pass tensors in "
+    "system shared memory (tritonclient.utils.shared_memory) or in the request"
+)
 FINAL = "triton_final_response"
 
 
@@ -31,6 +44,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.repository = serving.repository
         self.operations = serving.operations
         self._templates = wire.RequestTemplates()
+        self.regions = shared_memory.SystemRegions()
 
     # -- health -----------------------------------------------------------------------------
 
@@ -82,6 +96,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 request = wire.parse_request(body)
                 model, request_id = request.model_name, request.id
+                if shared_memory.uses_shared_memory(request):
+                    reply, version = await self._infer_shared(request, context)
+                    ok = True
+                    return reply
                 inputs = convert.decode_inputs(request)
                 params, _ = convert.generation_params(request.parameters)
                 requested = convert.requested_outputs(request)
@@ -107,6 +125,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self.inference.observe(model, ok, start, version)
 
+    async def _infer_shared(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> tuple[bytes, str]:
+        """A request with tensors in shared-memory regions (never learned as a template: its
+        bytes do not hold its tensors)."""
+        regions = shared_memory.RequestRegions(self.regions, context.peer())
+        try:
+            inputs = await self._shared_inputs(request, regions)
+            params, _ = convert.generation_params(request.parameters)
+            served = await self.inference.infer(
+                request.model_name,
+                request.model_version,
+                inputs,
+                convert.requested_outputs(request),
+                params,
+                None,
+                request.id,
+            )
+            written = await _off_loop_if_large(
+                regions.output_bytes(), regions.write_outputs, served.outputs
+            )
+            reply = wire.infer_response(
+                request.model_name,
+                served.version,
+                served.variant,
+                request.id,
+                served.outputs,
+                served.cold,
+                served.escalated,
+                written,
+            )
+            return reply, served.version
+        finally:
+            regions.close()
+
+    async def _shared_inputs(
+        self, request: pb.ModelInferRequest, regions: shared_memory.RequestRegions
+    ) -> dict[str, Any]:
+        regions.claim_outputs(request)
+        inputs: dict[str, Any] = await _off_loop_if_large(
+            regions.input_bytes(request), convert.decode_inputs, request, regions.input
+        )
+        return inputs
+
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -114,7 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             start = time.perf_counter_ns()
             ok = False
             try:
-                async for response in self._stream_one(request):
+                async for response in self._stream_one(request, context):
                     yield response
                 ok = True
             except EdgedError as exc:
@@ -130,8 +192,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self.inference.observe(request.model_name, ok, start)
 
     async def _stream_one(
-        self, request: pb.ModelInferRequest
+        self, request: pb.ModelInferRequest, context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        if shared_memory.uses_shared_memory(request):
+            yield await self._stream_shared(request, context)
+            return
         inputs = convert.decode_inputs(request)
         params, stream = convert.generation_params(request.parameters)
         empty_final = (
@@ -178,6 +243,68 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         empty.parameters["edged_variant"].string_param = opened.variant
         yield _stream_response(empty, final=True)
 
+    async def _stream_shared(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelStreamInferResponse:
+        """One request of a stream with tensors in shared memory: answered in one response
+        (text generation streams its chunks in the messages, not in a region)."""
+        if convert.generation_params(request.parameters)[1]:
+            raise InvalidInputError(
+                "a streamed generation ('stream': true) sends its text in the responses; "
+                "shared-memory tensors are for requests answered once"
+            )
+        reply, _ = await self._infer_shared(request, context)
+        response = pb.ModelInferResponse.FromString(reply)
+        streamed: pb.ModelStreamInferResponse = _stream_response(response, final=True)
+        return streamed
+
+    # -- system shared memory ----------------------------------------------------------------
+
+    @mapped_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> Any:
+        self.regions.register(
+            context.peer(), request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @mapped_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> Any:
+        self.regions.unregister(context.peer(), request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @mapped_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> Any:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.regions.status(context.peer(), request.name):
+            entry = response.regions[region.name]
+            entry.name, entry.key = region.name, region.key
+            entry.offset, entry.byte_size = region.offset, region.byte_size
+        return response
+
+    @mapped_errors
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
+    ) -> Any:
+        raise UnavailableError(NO_CUDA)
+
+    @mapped_errors
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
+    ) -> Any:
+        raise UnavailableError(NO_CUDA)
+
+    @mapped_errors
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Context
+    ) -> Any:
+        raise UnavailableError(NO_CUDA)
+
     # -- statistics and repository -----------------------------------------------------------
 
     @mapped_errors
@@ -221,6 +348,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         await self.operations.evict(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+async def _off_loop_if_large(size: int, fn: Any, *args: Any) -> Any:
+    """fn(*args) here when it copies little, in a worker thread when it copies more: the event
+    loop never runs work that grows with a request's size."""
+    if size > INLINE_COPY_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

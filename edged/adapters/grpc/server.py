@@ -58,7 +58,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        add_inference_service(InferenceServicer(serving), self.server)
+        self.inference = InferenceServicer(serving)
+        add_inference_service(self.inference, self.server)
         portfolio_pb2_grpc.add_PortfolioServicer_to_server(PortfolioServicer(serving), self.server)
         if serving.lifecycle is not None:
             lifecycle_pb2_grpc.add_LifecycleServicer_to_server(
@@ -120,6 +121,7 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         await self.server.stop(grace)
+        self.inference.regions.close()
         if self.config.unix_socket:
             with contextlib.suppress(FileNotFoundError):
                 Path(self.config.unix_socket).unlink()

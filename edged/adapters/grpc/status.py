@@ -22,6 +22,7 @@ STATUS = {
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.ABORTED: grpc.StatusCode.ABORTED,
     ErrorCode.OUT_OF_RANGE: grpc.StatusCode.OUT_OF_RANGE,
     ErrorCode.DATA_LOSS: grpc.StatusCode.DATA_LOSS,

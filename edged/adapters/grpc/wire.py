@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from edged.adapters.grpc.convert import encode_output, response_head
 from edged.api import inference_pb2 as pb
 from edged.errors import InvalidInputError
-from edged.tensors import Array, GenerationParams
+from edged.tensors import NUMPY_TO_DATATYPE, Array, GenerationParams
 
 # Field tags (field number << 3 | wire type 2) of ModelInferRequest / ModelInferResponse.
 _REQUEST_NAME = 0x0A  # model_name = 1
@@ -188,19 +188,32 @@ def infer_response(
     outputs: list[tuple[str, Array]],
     cold: bool,
     escalated: bool | None = None,
+    in_shared_memory: frozenset[str] = frozenset(),
 ) -> bytes:
-    """A serialized ModelInferResponse, equal to what building the message would give."""
+    """A serialized ModelInferResponse, equal to what building the message would give. Outputs
+    written to shared memory get an empty raw entry, as Triton gives them (clients index raw
+    contents by output position)."""
     parts = [_head(model, version, variant, cold, escalated)]
     if request_id:
         data = request_id.encode()
         parts += (_RESPONSE_ID, varint(len(data)), data)
     payloads: list[Any] = []
     for name, array in outputs:
+        if name in in_shared_memory:
+            parts.append(_output(name, _datatype(array), array.shape))
+            payloads += (_RAW_OUTPUT, b"\x00")
+            continue
         # Joined straight from the array's memory: the one copy is into the reply.
         datatype, payload, size = encode_output(array)
         parts.append(_output(name, datatype, array.shape))
         payloads += (_RAW_OUTPUT, varint(size), payload)
     return b"".join(parts + payloads)
+
+
+def _datatype(array: Array) -> str:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "BYTES"
+    return NUMPY_TO_DATATYPE[array.dtype]
 
 
 @functools.lru_cache(maxsize=1024)
