@@ -41,7 +41,6 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edged.api import inference_pb2 as pb  # noqa: E402
 from edged.demo import mlp_model  # noqa: E402
 from edged.store.store import ModelStore  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
@@ -157,6 +156,10 @@ def build_store(work: Path) -> Path:
 
 
 def request_bytes(name: str, x: np.ndarray) -> bytes:
+    # Imported here: bench/peers.py imports this module beside tritonclient, whose stubs define
+    # the same protobuf package (one descriptor pool cannot hold both).
+    from edged.api import inference_pb2 as pb
+
     request = pb.ModelInferRequest(model_name=name)
     request.inputs.add(name="input", datatype="FP32", shape=x.shape)
     request.raw_input_contents.append(x.tobytes())

@@ -9,6 +9,7 @@ to counters and returns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -21,11 +22,16 @@ class Events(Protocol):
     def served(self, model: str, quality: float) -> None:
         """A request was leased to a variant of this declared quality."""
 
-    def confidence(
-        self, model: str, variant: str, value: float, margin: float, entropy: float
+    def confidences(
+        self,
+        model: str,
+        variant: str,
+        values: Sequence[float],
+        margins: Sequence[float],
+        entropies: Sequence[float],
     ) -> None:
-        """One answer's (row's) top-1 confidence, margin to the second class and normalized
-        entropy (NaN when not known: generated text), off the request path."""
+        """One answer's rows: each row's top-1 confidence, margin to the second class and
+        normalized entropy (NaN when not known: generated text), off the request path."""
 
     def escalated(self, model: str, escalated: bool, saved: float) -> None:
         """A cascade answered with its first stage or escalated; ``saved``: the share of the
@@ -84,8 +90,13 @@ class NoEvents:
     def served(self, model: str, quality: float) -> None:
         pass
 
-    def confidence(
-        self, model: str, variant: str, value: float, margin: float, entropy: float
+    def confidences(
+        self,
+        model: str,
+        variant: str,
+        values: Sequence[float],
+        margins: Sequence[float],
+        entropies: Sequence[float],
     ) -> None:
         pass
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -62,6 +62,51 @@ class RequestMetrics:
             self.seconds_sum += seconds
         else:
             counts[1] += 1
+
+
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+MARGIN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+_MEASURES = (
+    (
+        "edged_confidence",
+        "Top-1 confidence of answers (class scores: softmax; text: geometric mean token "
+        "probability), by model and the variant that answered",
+    ),
+    (
+        "edged_confidence_margin",
+        "Top-1 minus top-2 probability of class-score answers, by model and variant",
+    ),
+    (
+        "edged_confidence_entropy",
+        "Entropy of class-score answers over that of the uniform distribution (0: certain, "
+        "1: no idea), by model and variant",
+    ),
+)
+
+
+class Buckets:
+    """A histogram as plain numbers (Prometheus' inclusive "le" bounds, then +Inf): observed
+    for every answer on the event loop, read at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), list(self.counts), strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 class Metrics:
@@ -148,29 +193,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.confidences = Histogram(
-            "edged_confidence",
-            "Top-1 confidence of answers (class scores: softmax; text: geometric mean token "
-            "probability), by model and the variant that answered",
-            ["model", "variant"],
-            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
-            registry=r,
-        )
-        self.margins = Histogram(
-            "edged_confidence_margin",
-            "Top-1 minus top-2 probability of class-score answers, by model and variant",
-            ["model", "variant"],
-            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
-            registry=r,
-        )
-        self.entropies = Histogram(
-            "edged_confidence_entropy",
-            "Entropy of class-score answers over that of the uniform distribution (0: certain, "
-            "1: no idea), by model and variant",
-            ["model", "variant"],
-            buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
-            registry=r,
-        )
+        # Confidence, margin and entropy of every answer: plain counts (as the request
+        # counts), read by _QualityCollector at scrape time.
+        self.measures: dict[tuple[str, str], tuple[Buckets, Buckets, Buckets]] = {}
+        r.register(_QualityCollector(self))
         self.cascade_answers = Counter(
             "edged_cascade_answers",
             "Requests to a cascade, by who answered (first: its first stage; escalated)",
@@ -244,13 +270,27 @@ class Metrics:
         self.quality_sum += quality
         self.quality_count += 1
 
-    def confidence(
-        self, model: str, variant: str, value: float, margin: float, entropy: float
+    def confidences(
+        self,
+        model: str,
+        variant: str,
+        values: Sequence[float],
+        margins: Sequence[float],
+        entropies: Sequence[float],
     ) -> None:
-        self.confidences.labels(model, variant).observe(value)
-        if not math.isnan(margin):  # class scores (generated text has no margin)
-            self.margins.labels(model, variant).observe(margin)
-            self.entropies.labels(model, variant).observe(entropy)
+        measures = self.measures.get((model, variant))
+        if measures is None:
+            measures = self.measures[(model, variant)] = (
+                Buckets(CONFIDENCE_BUCKETS),
+                Buckets(MARGIN_BUCKETS),
+                Buckets(ENTROPY_BUCKETS),
+            )
+        confidence, margin, entropy = measures
+        for value, m, e in zip(values, margins, entropies, strict=True):
+            confidence.observe(value)
+            if not math.isnan(m):  # class scores (generated text has no margin)
+                margin.observe(m)
+                entropy.observe(e)
 
     def escalated(self, model: str, escalated: bool, saved: float) -> None:
         self.cascade_answers.labels(model, "escalated" if escalated else "first").inc()
@@ -345,6 +385,25 @@ class _RequestCollector(Collector):
             count_value=m.quality_count,
             sum_value=m.quality_sum,
         )
+
+
+class _QualityCollector(Collector):
+    """The answers' confidence measures, read at scrape time (on the metrics server's thread)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        families = [
+            HistogramMetricFamily(name, help, labels=["model", "variant"])
+            for name, help in _MEASURES
+        ]
+        for (model, variant), measures in sorted(list(self._metrics.measures.items())):
+            for family, buckets in zip(families, measures, strict=True):
+                cumulative = buckets.cumulative()
+                if cumulative[-1][1]:  # a measure this variant never had (text has no margin)
+                    family.add_metric([model, variant], cumulative, buckets.total)
+        yield from families
 
 
 class _PortfolioCollector(Collector):

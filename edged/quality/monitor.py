@@ -124,8 +124,9 @@ class QualityMonitor:
             model, version, variant, request_id = noted[:4]
             if not answer.confidence:
                 continue
-            for row in zip(answer.confidence, answer.margin, answer.entropy, strict=True):
-                self.events.confidence(model, variant, *row)
+            self.events.confidences(
+                model, variant, answer.confidence, answer.margin, answer.entropy
+            )
             if request_id:
                 strata = self.strata[model]
                 self.book.note(

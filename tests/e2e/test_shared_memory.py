@@ -58,9 +58,7 @@ def _wire(client: Any, data: np.ndarray) -> np.ndarray:  # type: ignore[type-arg
     return client.infer("mlp", [tensor]).as_numpy("logits")  # type: ignore[no-any-return]
 
 
-def test_shared_memory_infer_returns_what_the_wire_returns(
-    client: Any, regions: list[Any]
-) -> None:
+def test_shared_memory_infer_returns_what_the_wire_returns(client: Any, regions: list[Any]) -> None:
     data = np.random.default_rng(7).standard_normal(SHAPE).astype(np.float32)
     expected = _wire(client, data)
     out_bytes = expected.nbytes
@@ -191,8 +189,10 @@ def test_regions_belong_to_their_client_and_go_with_it(
         owner.close()
     # The owner's connection is gone: the next sweep (any region call) lets go of the object.
     wait_for(
-        lambda: other.get_system_shared_memory_status() is not None
-        and _held_descriptors(_pid(module_daemon), key) == 0,
+        lambda: (
+            other.get_system_shared_memory_status() is not None
+            and _held_descriptors(_pid(module_daemon), key) == 0
+        ),
         timeout=30,
         what="the region of a closed connection released",
     )
@@ -203,7 +203,7 @@ def test_an_unlinked_object_is_unregistered(
     module_daemon: DaemonProcess, regions: list[Any]
 ) -> None:
     client = triton.InferenceServerClient(url=module_daemon.unix_url)
-    handle, name, key = _region(regions, 64)
+    _, name, key = _region(regions, 64)
     client.register_system_shared_memory(name, key, 64)
     assert name in client.get_system_shared_memory_status(as_json=True)["regions"]
     shm.destroy_shared_memory_region(regions.pop())  # what a client does on its way out

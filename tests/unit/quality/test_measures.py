@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,10 +38,15 @@ class Recorder(NoEvents):
     def __init__(self) -> None:
         self.rows: list[tuple[str, float, float, float]] = []
 
-    def confidence(
-        self, model: str, variant: str, value: float, margin: float, entropy: float
+    def confidences(
+        self,
+        model: str,
+        variant: str,
+        values: Sequence[float],
+        margins: Sequence[float],
+        entropies: Sequence[float],
     ) -> None:
-        self.rows.append((variant, value, margin, entropy))
+        self.rows += [(variant, *row) for row in zip(values, margins, entropies, strict=True)]
 
 
 def test_the_monitor_scores_a_burst_in_chunks_exactly_as_one_answer_at_a_time() -> None:
