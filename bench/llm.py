@@ -134,9 +134,20 @@ def in_process(path: Path, tokens: int) -> Callable[[int], tuple[list[Stream], f
     return run
 
 
+FAILURES: list[str] = []
+
+
 def _concurrently(fn: Callable[[Any], None], args: list[Any]) -> float:
-    """Wall time of fn(a) for every a, each on its own thread, all at once."""
-    threads = [threading.Thread(target=fn, args=(a,)) for a in args]
+    """Wall time of fn(a) for every a, each on its own thread, all at once (a stream that
+    fails is counted in FAILURES, its tokens in none of the figures)."""
+
+    def guarded(a: Any) -> None:
+        try:
+            fn(a)
+        except Exception as exc:
+            FAILURES.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=guarded, args=(a,)) for a in args]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -247,14 +258,19 @@ def main() -> int:
             "edged": edged_streams(daemon.unix_url, args.tokens),
         }
         texts = {}
-        for label, run in systems.items():  # warm every path; the outputs must agree
+        for label, run in systems.items():  # warm every path and context; outputs must agree
             _, _, texts[label] = run(1)
+            run(2)
         print(json.dumps({k: v[:40] for k, v in texts.items()}))
         samples: dict[tuple[str, int], list[tuple[list[Stream], float]]] = {}
+        failed: dict[str, int] = {}
         for _ in range(args.rounds):
             for concurrency in (1, 2):
                 for label, run in systems.items():
+                    before = len(FAILURES)
                     streams, wall, _ = run(concurrency)
+                    key = f"{label} c={concurrency}"
+                    failed[key] = failed.get(key, 0) + len(FAILURES) - before
                     samples.setdefault((label, concurrency), []).append((streams, wall))
         results: dict[str, Any] = {"same_text": len(set(texts.values())) == 1, "cells": {}}
         for concurrency in (1, 2):
@@ -267,14 +283,23 @@ def main() -> int:
                 total = statistics.median(
                     sum(s[2] for s in streams) / wall for streams, wall in rows
                 )
-                cell = {"ttft_ms": ttft, "stream_tok_s": rate, "total_tok_s": total}
+                failures = failed[f"{label} c={concurrency}"]
+                cell = {
+                    "ttft_ms": ttft,
+                    "stream_tok_s": rate,
+                    "total_tok_s": total,
+                    "failed_streams": failures,
+                }
                 results["cells"][f"{label} c={concurrency}"] = cell
                 base = base or cell
                 print(
                     f"  {label:24s} ttft {ttft:7.2f} ms ({ttft - base['ttft_ms']:+6.2f})  "
                     f"per stream {rate:7.1f} tok/s  total {total:7.1f} tok/s "
                     f"({total / base['total_tok_s']:4.2f}x in-process)"
+                    + (f"  {failures} stream(s) failed" if failures else "")
                 )
+        if FAILURES:
+            print("\nfailures:", *sorted(set(FAILURES)), sep="\n  ")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
     finally:

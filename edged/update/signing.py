@@ -14,13 +14,19 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from edged.errors import EdgedError, ErrorCode, RejectedError
 from edged.store import atomic
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# cryptography is imported where a key is read or made, not with this module: a daemon that
+# trusts no key yet (an empty device) does not carry its ~7 MB (bench/idle_memory.py).
 
 ALGORITHM = "ed25519"
 MAX_SIGNATURE_BYTES = 4096
@@ -33,12 +39,17 @@ class SignatureError(RejectedError):
 
 
 def key_id(public: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def keygen(path: Path) -> tuple[Path, str]:
     """Write a private key to ``path`` (mode 0600) and its public key to ``path.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -57,6 +68,9 @@ def keygen(path: Path) -> tuple[Path, str]:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
@@ -67,6 +81,9 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as e:
@@ -132,6 +149,8 @@ class TrustedKeys:
                 f"the manifest is signed by key {kid!r}, which is not in updates.trusted_keys",
                 "untrusted_key",
             )
+        from cryptography.exceptions import InvalidSignature
+
         try:
             key.verify(raw, manifest)
         except InvalidSignature:

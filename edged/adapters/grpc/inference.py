@@ -227,11 +227,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return _stream_response(response, final)
 
         pending: str | None = None
-        # Hold one chunk back so the last one can carry the final flag.
+        # Each chunk goes out as soon as it is made (time to first token is a token's time,
+        # not two), except the one that may be the last by length, held back so that it can
+        # carry the final flag. A generation that ends otherwise (end of sequence) ends with an
+        # empty-text final response, as Triton's vLLM backend ends its streams.
+        sent = 0
         async for chunk in opened.chunks:
             if pending is not None:
                 yield text(pending, final=False)
-            pending = chunk
+                pending = None
+            if sent + 1 < params.max_tokens:
+                yield text(chunk, final=False)
+                sent += 1
+            else:
+                pending = chunk
         if not empty_final:
             yield text(pending or "", final=True)
             return
