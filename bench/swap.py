@@ -186,7 +186,7 @@ def run_mode(mode: str, work: Path, sources: dict[str, Any], promotions: int) ->
         lifecycle__probation_requests=200,
         lifecycle__gate_min_samples=30,
     ).start()
-    stub = lpb_grpc.LifecycleStub(grpc.insecure_channel(daemon.unix_url))
+    stub = lpb_grpc.LifecycleStub(grpc.insecure_channel(daemon.admin_url))
     clients = [Client(daemon.unix_url, "swapped", SWAPPED[0]) for _ in range(2)]
     clients += [Client(daemon.unix_url, "bystander", BYSTANDER[0]) for _ in range(2)]
     peak = {"accounted": 0.0, "budget": 0.0}

@@ -141,11 +141,35 @@ class StoreSettings(Section):
     path: ConfigPath = Field(Path("/var/lib/edged"), description="the model store")
 
 
+Role = Literal["inference", "operate", "update"]
+ROLES: tuple[Role, ...] = ("inference", "operate", "update")
+_LOOPBACK = ("127.", "localhost:", "[::1]:")
+
+
 class ServerSettings(Section):
     unix_socket: str = Field(
         "/run/edged/edged.sock", description="on-device clients; created 0660; '' for none"
     )
+    # Roles (docs/security.md): what a connection may do. The kernel decides who may connect to
+    # a unix socket (its mode and group); the socket decides what they may do.
+    socket_group: str = Field("", description="group owning unix_socket (mode 0660); '' keeps it")
+    socket_roles: list[Role] = Field(
+        ["inference"], description="roles of every client of unix_socket"
+    )
+    admin_socket: str = Field(
+        "/run/edged/admin.sock",
+        description="operators and the CLI: every role; created 0600 (0660 with admin_group)",
+    )
+    admin_group: str = Field("", description="group that may use admin_socket; '' owner only")
     tcp: Address = Field("127.0.0.1:8001", description="the controller's listener; '' for none")
+    tcp_roles: list[Role] = Field(
+        ["inference"], description="roles of TCP clients without a granted client certificate"
+    )
+    # mutual TLS identities: certificate common name or DNS/URI SAN -> roles (tls_client_ca).
+    client_roles: dict[str, list[Role]] = Field(default_factory=dict)
+    allow_insecure_remote: bool = Field(
+        False, description="accept a non-loopback tcp address without TLS"
+    )
     max_message_bytes: Size = Field(64 * 2**20, description="largest request or response")
     workers: Count = Field(4, description="threads that run inference")
     drain_seconds: Seconds = Field(10.0, description="how long in-flight requests may finish")
@@ -154,7 +178,7 @@ class ServerSettings(Section):
     tls_key: ConfigPath | None = None
     tls_client_ca: ConfigPath | None = None
 
-    @field_validator("unix_socket", mode="before")
+    @field_validator("unix_socket", "admin_socket", mode="before")
     @classmethod
     def _socket_path(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str) and value and not Path(value).is_absolute():
@@ -178,6 +202,24 @@ class ServerSettings(Section):
             raise ValueError("tls_cert: TLS applies to the TCP listener; server.tcp is empty")
         if not self.unix_socket and not self.tcp:
             raise ValueError("both server.unix_socket and server.tcp are empty; set one")
+        if self.admin_socket and self.admin_socket == self.unix_socket:
+            raise ValueError("admin_socket: must differ from unix_socket")
+        remote = self.tcp and not self.tcp.startswith(_LOOPBACK)
+        if remote and self.tls_cert is None and not self.allow_insecure_remote:
+            raise ValueError(
+                f"tcp: {self.tcp} is reachable from other machines and has no TLS; set "
+                "tls_cert and tls_key (and tls_client_ca for roles by certificate), or "
+                "allow_insecure_remote = true to accept plaintext (inference only)"
+            )
+        if self.tls_client_ca is None:
+            extra = sorted(set(self.tcp_roles) - {"inference"})
+            if extra:
+                raise ValueError(
+                    f"tcp_roles: {', '.join(extra)} needs mutual TLS (tls_client_ca): a TCP "
+                    "connection without a client certificate gets no more than inference"
+                )
+            if self.client_roles:
+                raise ValueError("client_roles: roles by certificate need tls_client_ca")
         return self
 
 

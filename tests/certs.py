@@ -26,8 +26,11 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     )
 
 
-def make_pki(out: Path, ca_name: str = "edged-test-ca") -> dict[str, Path]:
-    """ca.pem, server.pem/server.key (for localhost and 127.0.0.1), client.pem/client.key."""
+def make_pki(
+    out: Path, ca_name: str = "edged-test-ca", clients: tuple[str, ...] = ("client",)
+) -> dict[str, Path]:
+    """ca.pem, server.pem/server.key (for localhost and 127.0.0.1), and for each of
+    ``clients`` NAME.pem/NAME.key with common name edged-test-NAME."""
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -46,7 +49,7 @@ def make_pki(out: Path, ca_name: str = "edged-test-ca") -> dict[str, Path]:
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for role, usage in (
         ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+        *((name, ExtendedKeyUsageOID.CLIENT_AUTH) for name in clients),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (

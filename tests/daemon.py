@@ -54,11 +54,16 @@ class DaemonProcess:
         # unix socket paths are limited to 108 bytes: keep them short, out of pytest's tmp dirs.
         self.sock_dir = Path(tempfile.mkdtemp(prefix="edged-", dir="/tmp"))
         self.socket = self.sock_dir / "edged.sock"
+        self.admin_socket = self.sock_dir / "admin.sock"
         self.tcp_port = free_port()
         self.config = store.parent / f"edged-{self.tcp_port}.toml"
         sections: dict[str, dict[str, Any]] = {
             "store": {"path": str(store)},
-            "server": {"unix_socket": str(self.socket), "tcp": f"127.0.0.1:{self.tcp_port}"},
+            "server": {
+                "unix_socket": str(self.socket),
+                "admin_socket": str(self.admin_socket),
+                "tcp": f"127.0.0.1:{self.tcp_port}",
+            },
             "metrics": {"address": ""},
             "memory": {"budget": "4GiB"},
             # Promotions in tests: short windows (the defaults wait minutes for traffic).
@@ -77,7 +82,9 @@ class DaemonProcess:
             lines.append(f"[{section}]")
             for name, value in values.items():
                 rendered = (
-                    f'"{value}"'
+                    _inline_table(value)
+                    if isinstance(value, dict)
+                    else f'"{value}"'
                     if isinstance(value, str)
                     else json.dumps(list(value))
                     if isinstance(value, (list, tuple))
@@ -93,6 +100,11 @@ class DaemonProcess:
     @property
     def unix_url(self) -> str:
         return f"unix:{self.socket}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin socket: every role (Pin, Load, Activate, Push ...)."""
+        return f"unix:{self.admin_socket}"
 
     @property
     def tcp_url(self) -> str:
@@ -166,3 +178,7 @@ class DaemonProcess:
             timeout=120,
             check=False,
         )
+
+
+def _inline_table(value: dict[str, Any]) -> str:
+    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + " }"

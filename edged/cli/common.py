@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from edged import settings as settings_mod
 
@@ -14,10 +15,14 @@ def load_settings(args: argparse.Namespace) -> settings_mod.Settings:
 
 
 def address(args: argparse.Namespace) -> str:
-    """--address, else the config's unix socket, else its TCP listener."""
+    """--address, else the config's admin socket when this user may use it (the operator's
+    tool: every role), else its serving socket, else its TCP listener."""
     if getattr(args, "address", None):
         return str(args.address)
     cfg = load_settings(args)
+    admin = cfg.server.admin_socket
+    if admin and os.path.exists(admin) and os.access(admin, os.R_OK | os.W_OK):
+        return f"unix:{admin}"
     if cfg.server.unix_socket:
         return f"unix:{cfg.server.unix_socket}"
     return cfg.server.tcp
@@ -31,6 +36,7 @@ def with_client(p: argparse.ArgumentParser) -> None:
     with_config(p)
     p.add_argument(
         "--address",
-        help="daemon address (unix:/path or host:port); default: the config's unix socket",
+        help="daemon address (unix:/path or host:port); default: the config's admin socket "
+        "when you may use it, else its serving socket",
     )
     p.add_argument("--timeout", type=float, default=120.0)

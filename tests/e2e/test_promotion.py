@@ -83,7 +83,7 @@ def test_ten_promotions_under_load_fail_no_request(tmp_path: Path) -> None:
         Load(daemon.unix_url, "m"),
         Load(daemon.tcp_url, "bystander"),
     ]
-    stub = lifecycle(daemon.unix_url)
+    stub = lifecycle(daemon.admin_url)
     try:
         for load in loads:
             load.start()
@@ -149,7 +149,7 @@ def test_kill_9_at_random_instants_of_promotions(tmp_path: Path) -> None:
     try:
         for trial in range(trials):
             version = str(trial + 2)
-            with grpc.insecure_channel(daemon.unix_url) as channel:
+            with grpc.insecure_channel(daemon.admin_url) as channel:
                 lpb_grpc.LifecycleStub(channel).Activate(
                     lpb.ActivateRequest(model="m", version=version), timeout=30
                 )
@@ -212,7 +212,10 @@ def test_sighup_and_repository_load_start_promotions_and_metrics_show_them(
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: store.active("m") == "2", 120, "the promotion started by SIGHUP")
         assert daemon.edged("import", "--no-activate", str(v3)).returncode == 0
-        client.load_model("m")  # RepositoryModelLoad: promote the newer staged version
+        # RepositoryModelLoad (an operator's call: the admin socket) promotes the newer
+        # staged version.
+        with triton.InferenceServerClient(url=daemon.admin_url) as admin:
+            admin.load_model("m")
         wait_for(lambda: store.active("m") == "3", 120, "the promotion started by load_model")
         client.close()
         wait_for(lambda: any(v == "3" for _, v in load.answers[-5:]), 30, "version 3 answers")

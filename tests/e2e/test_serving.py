@@ -178,19 +178,26 @@ def test_stream_with_empty_final_response(client: Any) -> None:
     assert all(r.as_numpy("text_output") is not None for r in got[:-1])
 
 
-def test_load_and_unload(unix_client: Any) -> None:
-    unix_client.unload_model("cnn")
-    assert not unix_client.is_model_ready("cnn")
-    index = {m.name: m.state for m in unix_client.get_model_repository_index().models}
+@pytest.fixture
+def admin_client(module_daemon: DaemonProcess) -> Any:
+    c = triton.InferenceServerClient(url=module_daemon.admin_url)
+    yield c
+    c.close()
+
+
+def test_load_and_unload(admin_client: Any) -> None:
+    admin_client.unload_model("cnn")
+    assert not admin_client.is_model_ready("cnn")
+    index = {m.name: m.state for m in admin_client.get_model_repository_index().models}
     assert index["cnn"] == "UNAVAILABLE"
-    unix_client.load_model("cnn")
-    assert unix_client.is_model_ready("cnn")
-    assert unix_client.is_model_ready("cnn", "1")
-    assert not unix_client.is_model_ready("cnn", "7")
+    admin_client.load_model("cnn")
+    assert admin_client.is_model_ready("cnn")
+    assert admin_client.is_model_ready("cnn", "1")
+    assert not admin_client.is_model_ready("cnn", "7")
 
 
-def test_unloaded_model_cold_loads_on_demand(unix_client: Any) -> None:
-    unix_client.unload_model("mlp")
+def test_unloaded_model_cold_loads_on_demand(unix_client: Any, admin_client: Any) -> None:
+    admin_client.unload_model("mlp")
     inp = triton.InferInput("input", [1, 64], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
     assert unix_client.infer("mlp", [inp]).as_numpy("logits").shape == (1, 10)

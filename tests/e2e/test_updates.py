@@ -133,7 +133,7 @@ def test_push_patch_activates_and_serves_the_new_version(
                 "edged",
                 "push",
                 "--node",
-                daemon.tcp_url,
+                daemon.admin_url,
                 "--manifest",
                 str(world["update"] / "manifest.json"),
             ],
@@ -152,7 +152,7 @@ def test_push_patch_activates_and_serves_the_new_version(
         assert values["edged_patch_apply_seconds_count"] == 1
         assert values["edged_updates_in_flight"] == 0
         # Pushing the same version again is a no-op that reports where it stands.
-        again = push(daemon.tcp_url, world["update"])
+        again = push(daemon.admin_url, world["update"])
         assert again.state == "active"
     finally:
         daemon.stop()
@@ -196,9 +196,9 @@ def test_bad_pushes_are_refused_and_nothing_is_written(
             (b"{not json", "malformed", grpc.StatusCode.UNAUTHENTICATED),
         ]
         for signature, message, code in cases:
-            err = refused(daemon.tcp_url, update, manifest, signature)
+            err = refused(daemon.admin_url, update, manifest, signature)
             assert err.code() == code and message in (err.details() or ""), err.details()
-        err = refused(daemon.tcp_url, update, tampered, good_sig)
+        err = refused(daemon.admin_url, update, tampered, good_sig)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "does not match" in (err.details() or "")
 
@@ -209,7 +209,7 @@ def test_bad_pushes_are_refused_and_nothing_is_written(
         data = bytearray(patch_file.read_bytes())
         data[len(data) // 2] ^= 0x10
         patch_file.write_bytes(bytes(data))
-        err = refused(daemon.tcp_url, corrupt, manifest, good_sig)
+        err = refused(daemon.admin_url, corrupt, manifest, good_sig)
         assert err.code() == grpc.StatusCode.DATA_LOSS
         assert "signed manifest says" in (err.details() or "")
 
@@ -240,7 +240,7 @@ def test_a_dropped_push_resumes_where_it_stopped(world: dict[str, Any], tmp_path
     total = files[0].transfer.size
     uid = update_id(manifest)
     try:
-        with grpc.insecure_channel(daemon.tcp_url) as channel:
+        with grpc.insecure_channel(daemon.admin_url) as channel:
             stub = upb_grpc.UpdatesStub(channel)
             sent = threading.Event()
             before_drop = [0]  # bytes sent before the link drops
@@ -279,10 +279,10 @@ def test_a_dropped_push_resumes_where_it_stopped(world: dict[str, Any], tmp_path
         # The daemon restarts in between: what it held survives.
         daemon.stop()
         daemon.start()
-        with grpc.insecure_channel(daemon.tcp_url) as channel:
+        with grpc.insecure_channel(daemon.admin_url) as channel:
             stub = upb_grpc.UpdatesStub(channel)
             assert status_held() == held
-        result = push(daemon.tcp_url, update)
+        result = push(daemon.admin_url, update)
         assert result.state == "candidate"
         wait_for(lambda: served_version(daemon.unix_url) == "2", 120, "the promotion")
         assert received_bytes(metrics_port) == total - held, "the second push re-sent held bytes"
@@ -317,7 +317,7 @@ def test_kill_9_during_push_and_apply_keeps_the_store_consistent(
             def run(update: Path = update) -> None:
                 # The kill interrupts the push: any outcome is fine here.
                 with contextlib.suppress(grpc.RpcError, EdgedError):
-                    push(daemon.tcp_url, update, retries=0)
+                    push(daemon.admin_url, update, retries=0)
 
             thread = threading.Thread(target=run)
             thread.start()
@@ -333,8 +333,8 @@ def test_kill_9_during_push_and_apply_keeps_the_store_consistent(
             assert not any((store / "tmp").iterdir()), "staging leftovers after recovery"
             store_is_consistent(store)
             assert served_version(daemon.unix_url) == committed
-            outcomes.append(interrupted_at(daemon.tcp_url, update, store, version))
-            result = push(daemon.tcp_url, update)
+            outcomes.append(interrupted_at(daemon.admin_url, update, store, version))
+            result = push(daemon.admin_url, update)
             assert result.version == version
             assert result.state in ("active", "staged", "candidate", "probation", "rejected")
             versions.append(version)
@@ -366,17 +366,28 @@ def interrupted_at(address: str, update: Path, store: Path, version: str) -> str
 
 
 def test_tls_and_mutual_tls_on_the_tcp_listener(world: dict[str, Any], tmp_path: Path) -> None:
-    pki = make_pki(tmp_path / "pki")
+    """Pushing over TCP takes a client certificate the node grants the update role: without
+    TLS the handshake fails, with TLS but no certificate too, with a certificate the CA signed
+    but that is not granted the role PERMISSION_DENIED names the role, with the granted one the
+    update goes through."""
+    pki = make_pki(tmp_path / "pki", clients=("client", "other"))
     daemon = start(
         fresh_store(world, tmp_path),
         world,
         server__tls_cert=str(pki["server"]),
         server__tls_key=str(pki["server_key"]),
         server__tls_client_ca=str(pki["ca"]),
+        server__client_roles={"edged-test-client": ["update"]},
     )
     manifest = world["update"] / "manifest.json"
     files = client.files_to_push(manifest)
     address = f"localhost:{daemon.tcp_port}"
+
+    def mutual(name: str) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            pki["ca"].read_bytes(), pki[f"{name}_key"].read_bytes(), pki[name].read_bytes()
+        )
+
     try:
         # No TLS at all, and TLS without a client certificate: the handshake fails.
         with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
@@ -385,10 +396,14 @@ def test_tls_and_mutual_tls_on_the_tcp_listener(world: dict[str, Any], tmp_path:
         anonymous = grpc.ssl_channel_credentials(pki["ca"].read_bytes())
         with grpc.secure_channel(address, anonymous) as channel, pytest.raises(grpc.RpcError):
             client.push(channel, manifest, files, retries=0)
-        mutual = grpc.ssl_channel_credentials(
-            pki["ca"].read_bytes(), pki["client_key"].read_bytes(), pki["client"].read_bytes()
-        )
-        with grpc.secure_channel(address, mutual) as channel:
+        with (
+            grpc.secure_channel(address, mutual("other")) as channel,
+            pytest.raises(grpc.RpcError) as denied,
+        ):
+            client.push(channel, manifest, files, retries=0)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'update' role" in (denied.value.details() or "")
+        with grpc.secure_channel(address, mutual("client")) as channel:
             result = client.push(channel, manifest, files, retries=0)
         assert result.state == "candidate"
         # On-device clients keep the unix socket, without TLS.

@@ -12,6 +12,7 @@ import grpc
 
 import edged
 from edged.adapters.grpc import convert, shared_memory, wire
+from edged.adapters.grpc.access import Access
 from edged.adapters.grpc.status import abort, mapped_errors
 from edged.api import inference_pb2 as pb
 from edged.api import inference_pb2_grpc as pb_grpc
@@ -39,7 +40,8 @@ FINAL = "triton_final_response"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, serving: Serving) -> None:
+    def __init__(self, serving: Serving, access: Access) -> None:
+        self.access = access
         self.inference = serving.inference
         self.repository = serving.repository
         self.operations = serving.operations
@@ -348,6 +350,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
+        self.access.require(context, "operate", "RepositoryModelLoad")
         await self.operations.repository_load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
@@ -355,6 +358,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
+        self.access.require(context, "operate", "RepositoryModelUnload")
         await self.operations.evict(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from edged.adapters.grpc.access import Access
 from edged.adapters.grpc.status import mapped_errors
 from edged.api import lifecycle_pb2 as pb
 from edged.api import lifecycle_pb2_grpc as pb_grpc
@@ -40,8 +41,9 @@ def _version(view: VersionStateView) -> pb.VersionInfo:
 
 
 class LifecycleServicer(pb_grpc.LifecycleServicer):
-    def __init__(self, lifecycle: LifecycleService) -> None:
+    def __init__(self, lifecycle: LifecycleService, access: Access) -> None:
         self.lifecycle = lifecycle
+        self.access = access
 
     @mapped_errors
     async def Versions(self, request: pb.VersionsRequest, context: Context) -> Any:
@@ -51,11 +53,13 @@ class LifecycleServicer(pb_grpc.LifecycleServicer):
 
     @mapped_errors
     async def Activate(self, request: pb.ActivateRequest, context: Context) -> Any:
+        self.access.require(context, "operate", "Activate")
         view = self.lifecycle.activate(request.model, request.version)
         return pb.ActivateResponse(version=_version(view))
 
     @mapped_errors
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> Any:
+        self.access.require(context, "operate", "Rollback")
         result = await self.lifecycle.rollback(request.model, request.to, request.undo)
         return pb.RollbackResponse(version=result.version, reason=result.reason)
 

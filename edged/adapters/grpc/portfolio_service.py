@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from edged.adapters.grpc.access import Access
 from edged.adapters.grpc.status import mapped_errors
 from edged.api import portfolio_pb2 as pb
 from edged.api import portfolio_pb2_grpc as pb_grpc
@@ -15,9 +16,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class PortfolioServicer(pb_grpc.PortfolioServicer):
-    def __init__(self, serving: Serving) -> None:
+    def __init__(self, serving: Serving, access: Access) -> None:
         self.repository = serving.repository
         self.operations = serving.operations
+        self.access = access
 
     @mapped_errors
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> Any:
@@ -62,21 +64,25 @@ class PortfolioServicer(pb_grpc.PortfolioServicer):
 
     @mapped_errors
     async def Pin(self, request: pb.PinRequest, context: Context) -> Any:
+        self.access.require(context, "operate", "Pin")
         self.operations.pin(request.model, True)
         return pb.PinResponse()
 
     @mapped_errors
     async def Unpin(self, request: pb.PinRequest, context: Context) -> Any:
+        self.access.require(context, "operate", "Unpin")
         self.operations.pin(request.model, False)
         return pb.PinResponse()
 
     @mapped_errors
     async def Evict(self, request: pb.EvictRequest, context: Context) -> Any:
+        self.access.require(context, "operate", "Evict")
         await self.operations.evict(request.model)
         return pb.EvictResponse()
 
     @mapped_errors
     async def Load(self, request: pb.LoadRequest, context: Context) -> Any:
+        self.access.require(context, "operate", "Load")
         loaded = await self.operations.load(request.model, request.variant or None)
         return pb.LoadResponse(
             version=loaded.version, variant=loaded.variant, resident_bytes=loaded.resident_bytes

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import grp
 import logging
 import os
 from pathlib import Path
@@ -12,6 +14,7 @@ import grpc
 import grpc.aio
 
 from edged.adapters.grpc import health, reflection
+from edged.adapters.grpc.access import Access
 from edged.adapters.grpc.health import HealthServicer
 from edged.adapters.grpc.inference import InferenceServicer
 from edged.adapters.grpc.lifecycle_service import LifecycleServicer
@@ -48,59 +51,101 @@ SERVICES = (
 
 
 class GrpcServer:
+    """The serving listeners (unix socket and TCP, roles per server.socket_roles, tcp_roles and
+    client certificates) and the admin socket (every role), each its own gRPC server: a call's
+    roles follow the server it came in on (edged/adapters/grpc/access.py says why)."""
+
     def __init__(self, config: ServerSettings, serving: Serving) -> None:
         self.config = config
-        limit = config.max_message_bytes
-        self.server = grpc.aio.server(
+        self.health = HealthServicer()
+        serving_access = Access(
+            unix=frozenset(config.socket_roles),
+            tcp=frozenset(config.tcp_roles),
+            clients={name: frozenset(roles) for name, roles in config.client_roles.items()},
+        )
+        self.server, self.inference = self._build(serving, serving_access)
+        self.admin: grpc.aio.Server | None = None
+        self._admin_inference: InferenceServicer | None = None
+        if config.admin_socket:
+            self.admin, self._admin_inference = self._build(serving, Access.admin())
+        self.tcp_port: int | None = None
+
+    def _build(self, serving: Serving, access: Access) -> tuple[grpc.aio.Server, InferenceServicer]:
+        limit = self.config.max_message_bytes
+        server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.inference = InferenceServicer(serving)
-        add_inference_service(self.inference, self.server)
-        portfolio_pb2_grpc.add_PortfolioServicer_to_server(PortfolioServicer(serving), self.server)
+        inference = InferenceServicer(serving, access)
+        add_inference_service(inference, server)
+        portfolio_pb2_grpc.add_PortfolioServicer_to_server(
+            PortfolioServicer(serving, access), server
+        )
         if serving.lifecycle is not None:
             lifecycle_pb2_grpc.add_LifecycleServicer_to_server(
-                LifecycleServicer(serving.lifecycle), self.server
+                LifecycleServicer(serving.lifecycle, access), server
             )
         if serving.quality is not None:
-            quality_pb2_grpc.add_QualityServicer_to_server(
-                QualityServicer(serving.quality), self.server
-            )
+            quality_pb2_grpc.add_QualityServicer_to_server(QualityServicer(serving.quality), server)
         if serving.updates is not None:
             updates_pb2_grpc.add_UpdatesServicer_to_server(
-                UpdatesServicer(serving.updates), self.server
+                UpdatesServicer(serving.updates, access), server
             )
-        self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable((*SERVICES, health.SERVICE_NAME), self.server)
-        self.tcp_port: int | None = None
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable((*SERVICES, health.SERVICE_NAME), server)
+        return server, inference
 
     async def start(self) -> None:
-        sock = self.config.unix_socket
+        sock, admin = self.config.unix_socket, self.config.admin_socket
+        for path in (sock, admin):
+            if path:
+                _prepare_socket_path(Path(path))
         if sock:
-            path = Path(sock)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a stale socket from a killed run
-            self.server.add_insecure_port(f"unix:{path}")
+            self.server.add_insecure_port(f"unix:{sock}")
         if self.config.tcp:
             credentials = tls_credentials(self.config)
-            if credentials is None:
-                port = self.server.add_insecure_port(self.config.tcp)
-            else:
-                port = self.server.add_secure_port(self.config.tcp, credentials)
+            try:
+                if credentials is None:
+                    port = self.server.add_insecure_port(self.config.tcp)
+                else:
+                    port = self.server.add_secure_port(self.config.tcp, credentials)
+            except RuntimeError:
+                port = 0
             if port == 0:
-                raise ConfigError(f"server.tcp: cannot listen on {self.config.tcp}")
+                raise ConfigError(
+                    f"server.tcp: cannot listen on {self.config.tcp} (in use by another "
+                    "process, or not an address of this machine)"
+                )
             self.tcp_port = port
-        await self.server.start()
+        if self.admin is not None:
+            self.admin.add_insecure_port(f"unix:{admin}")
+        # Sockets are created owner-only, then opened to their group: no instant in which
+        # anyone else may connect.
+        previous = os.umask(0o177)
+        try:
+            await self.server.start()
+            if self.admin is not None:
+                await self.admin.start()
+        finally:
+            os.umask(previous)
         if sock:
-            os.chmod(sock, 0o660)
+            _grant(Path(sock), self.config.socket_group, "socket_group", always_group=True)
+        if admin:
+            _grant(Path(admin), self.config.admin_group, "admin_group", always_group=False)
         log.info(
             "listening on %s",
-            ", ".join(x for x in (f"unix:{sock}" if sock else "", self.bound_tcp or "") if x),
+            ", ".join(
+                x
+                for x in (
+                    f"unix:{sock}" if sock else "",
+                    self.bound_tcp or "",
+                    f"unix:{admin} (admin)" if admin else "",
+                )
+                if x
+            ),
         )
 
     @property
@@ -120,11 +165,44 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        await self.server.stop(grace)
+        servers = [self.server] + ([self.admin] if self.admin is not None else [])
+        await asyncio.gather(*(server.stop(grace) for server in servers))
         self.inference.regions.close()
-        if self.config.unix_socket:
-            with contextlib.suppress(FileNotFoundError):
-                Path(self.config.unix_socket).unlink()
+        if self._admin_inference is not None:
+            self._admin_inference.regions.close()
+        for path in (self.config.unix_socket, self.config.admin_socket):
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(path).unlink()
+
+
+def _prepare_socket_path(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket from a killed run
+    except OSError as e:
+        raise ConfigError(
+            f"server: cannot create the socket {path}: {e.strerror} ({e.filename})"
+        ) from None
+
+
+def _grant(path: Path, group: str, key: str, always_group: bool) -> None:
+    """The socket's final mode: 0660 with ``group`` (or, for the serving socket, its current
+    group), else owner only."""
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"server.{key}: no group {group!r} on this system") from None
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            raise ConfigError(
+                f"server.{key}: the daemon (uid {os.geteuid()}) may not give {path} to group "
+                f"{group!r}; add the daemon's user to it or run the unit as documented"
+            ) from None
+    os.chmod(path, 0o660 if (group or always_group) else 0o600)
 
 
 class _Captured:

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from edged.adapters.grpc.access import Access
 from edged.adapters.grpc.status import mapped_errors
 from edged.api import updates_pb2 as pb
 from edged.api import updates_pb2_grpc as pb_grpc
@@ -18,11 +19,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class UpdatesServicer(pb_grpc.UpdatesServicer):
-    def __init__(self, updates: UpdateService) -> None:
+    def __init__(self, updates: UpdateService, access: Access) -> None:
         self.updates = updates
+        self.access = access
 
     @mapped_errors
     async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], context: Context) -> Any:
+        self.access.require(context, "update", "Push")  # before a byte of the update is read
         result = await self.updates.push(_parts(request_iterator))
         return _response(result)
 
