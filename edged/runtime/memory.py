@@ -75,6 +75,16 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
             ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
+def trim_heap() -> None:
+    """malloc_trim(0): the pages a large request's buffers left free go back to the OS. No
+    collection first (that is the caller's business, and costs more than the trim)."""
+    if os.uname().sysname == "Linux":
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def release_freed_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
     gc.collect()

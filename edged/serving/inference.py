@@ -24,6 +24,7 @@ from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.slot import Handle, Lease, Router, Slot
 from edged.quality.monitor import QualityMonitor
 from edged.runtime.cascade import CHECK_SHARE, CascadeRuntime
+from edged.runtime.memory import trim_heap
 from edged.serving.views import Served
 from edged.store.manifest import CASCADE
 from edged.tensors import (
@@ -128,6 +129,10 @@ class Stream:
     outputs: list[tuple[str, Array]] | None = None
 
 
+TRIM_INTERVAL_SECONDS = 1.0
+TRIM_DELAY_SECONDS = 0.2
+
+
 class InferenceService:
     def __init__(
         self,
@@ -141,6 +146,20 @@ class InferenceService:
         self.pool = ThreadPoolExecutor(workers, "edged-infer")
         self.quality = quality or QualityMonitor(portfolio.settings.quality, None, events)
         self._random = random.Random(0).random
+        self._trimmed = 0.0
+
+    def after_large_request(self) -> None:
+        """A request of many bytes ended (served or refused): hand the heap pages its buffers
+        held back to the OS, at most once a second, off the event loop. glibc keeps freed
+        pages otherwise, and a burst of large refused requests would leave the daemon's RSS
+        hundreds of MB above its level (issue 17)."""
+        now = time.monotonic()
+        if now - self._trimmed < TRIM_INTERVAL_SECONDS:
+            return
+        self._trimmed = now
+        loop = asyncio.get_running_loop()
+        # Shortly after: by then the request's buffers are freed (the call has ended).
+        loop.call_later(TRIM_DELAY_SECONDS, loop.run_in_executor, None, trim_heap)
 
     async def infer(
         self,

@@ -33,6 +33,13 @@ _CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 MAX_TOKENS_LIMIT = 8192
+# numpy's limit, and a bound on what any request can carry: a shape past either is refused
+# with a message, not left to fail inside numpy or the runtime.
+MAX_DIMS = 64
+MAX_ELEMENTS = 1 << 40
+# BYTES tensors are split into their elements in Python: their count is bounded so that the
+# work a request can cause is too (a 57 MiB tensor of 15M empty strings took seconds).
+MAX_BYTES_ELEMENTS = 1 << 20
 _LEN = struct.Struct("<I")
 # numpy dtypes resolved once: the request path must not build them per tensor.
 _DTYPES = {name: np.dtype(t) for name, t in DATATYPE_TO_NUMPY.items()}
@@ -95,9 +102,7 @@ def decode_inputs(
                 f"(expected one of {', '.join(DATATYPE_TO_NUMPY)})"
             )
         shape = tuple(tensor.shape)
-        if shape and min(shape) < 0:
-            raise InvalidInputError(f"input tensor {name!r}: negative dimension in {list(shape)}")
-        count = math.prod(shape)
+        count = check_shape(name, shape, tensor.datatype)
         if shared is not None:
             array = shared(tensor, dtype, shape, count)
             if array is not None:
@@ -119,6 +124,32 @@ def decode_inputs(
             "in the request"
         )
     return arrays
+
+
+def check_shape(name: str, shape: tuple[int, ...], datatype: str) -> int:
+    """The element count of a tensor's declared shape, or InvalidInputError naming the tensor."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInputError(
+            f"input tensor {name!r}: {len(shape)} dimensions, at most {MAX_DIMS} are accepted"
+        )
+    if shape and min(shape) < 0:
+        raise InvalidInputError(f"input tensor {name!r}: negative dimension in {_short(shape)}")
+    if any(d > MAX_ELEMENTS for d in shape) or math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidInputError(
+            f"input tensor {name!r}: shape {_short(shape)} is larger than any request can hold"
+        )
+    count = math.prod(shape)
+    if datatype == "BYTES" and count > MAX_BYTES_ELEMENTS:
+        raise InvalidInputError(
+            f"input tensor {name!r}: {count} BYTES elements, at most {MAX_BYTES_ELEMENTS} are "
+            "accepted per tensor"
+        )
+    return count
+
+
+def _short(shape: tuple[int, ...]) -> str:
+    text = str(list(shape))
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _from_raw(
@@ -147,9 +178,15 @@ def _from_contents(
         )
     values = getattr(tensor.contents, field)
     if len(values) != count:
+        others = [
+            f
+            for f in set(_CONTENTS_FIELD.values())
+            if f != field and len(getattr(tensor.contents, f))
+        ]
+        sent = f"; the data came in contents.{others[0]}" if others else ""
         raise InvalidInputError(
-            f"input tensor {tensor.name!r}: shape {list(shape)} holds {count} elements, "
-            f"got {len(values)} in contents.{field}"
+            f"input tensor {tensor.name!r}: shape {_short(shape)} holds {count} elements, "
+            f"got {len(values)} in contents.{field}{sent}"
         )
     if tensor.datatype == "BYTES":
         return np.array(list(values), dtype=object).reshape(shape)

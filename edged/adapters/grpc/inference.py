@@ -13,7 +13,7 @@ import grpc
 import edged
 from edged.adapters.grpc import convert, shared_memory, wire
 from edged.adapters.grpc.access import Access
-from edged.adapters.grpc.status import abort, mapped_errors
+from edged.adapters.grpc.status import abort, bounded, mapped_errors
 from edged.api import inference_pb2 as pb
 from edged.api import inference_pb2_grpc as pb_grpc
 from edged.errors import EdgedError, InvalidInputError, UnavailableError
@@ -30,8 +30,11 @@ EXTENSIONS = [
     "system_shared_memory",
     "edged_generate",
 ]
-# Shared-memory tensors larger than this are copied in a worker thread, not on the event loop.
+# Requests and shared-memory tensors larger than this are parsed and copied in a worker
+# thread, not on the event loop.
 INLINE_COPY_BYTES = 1 << 20
+# After a request this large, freed heap pages are handed back to the OS (serving/inference.py).
+TRIM_AFTER_BYTES = 4 << 20
 NO_CUDA = (
     "CUDA shared memory is not available: edged runs its models on the CPU; pass tensors in "
     "system shared memory (tritonclient.utils.shared_memory) or in the request"
@@ -96,13 +99,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
                 request_id = ""  # templates hold no request id
             else:
-                request = wire.parse_request(body)
+                # A large body is parsed and split into tensors on a worker thread: the event
+                # loop never runs work that grows with a request's size.
+                size = len(body)
+                request = await _off_loop_if_large(size, wire.parse_request, body)
                 model, request_id = request.model_name, request.id
                 if shared_memory.uses_shared_memory(request):
                     reply, version = await self._infer_shared(request, context)
                     ok = True
                     return reply
-                inputs = convert.decode_inputs(request)
+                inputs = await _off_loop_if_large(size, convert.decode_inputs, request)
                 params, _ = convert.generation_params(request.parameters)
                 requested = convert.requested_outputs(request)
                 served = await self.inference.infer(
@@ -123,9 +129,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             ok = True
             return reply
         except Exception as exc:
+            # The abort's traceback keeps this frame: let it not keep the parsed request and
+            # its tensors too (grpc holds the abort with the call; a burst of large refused
+            # requests grew the daemon by hundreds of MB).
+            large = len(body) >= TRIM_AFTER_BYTES
+            known = request = inputs = body = None  # type: ignore[assignment]
+            if large:
+                self.inference.after_large_request()
             await abort(context, exc, "ModelInfer")
         finally:
             self.inference.observe(model, ok, start, version)
+            if body is not None and len(body) >= TRIM_AFTER_BYTES:
+                self.inference.after_large_request()
 
     async def _infer_shared(
         self, request: pb.ModelInferRequest, context: Context
@@ -181,11 +196,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for response in self._stream_one(request, context):
                     yield response
                 ok = True
-            except EdgedError as exc:
+            except Exception as exc:
                 # Triton's convention: a failed request in a stream is reported in-band and the
-                # stream stays open for the next request.
+                # stream stays open for the next request, whatever failed.
+                if not isinstance(exc, EdgedError):
+                    log.error("unexpected error in ModelStreamInfer", exc_info=exc)
+                message = (
+                    exc.message
+                    if isinstance(exc, EdgedError)
+                    else "internal error; see the daemon's log"
+                )
                 yield pb.ModelStreamInferResponse(
-                    error_message=exc.message,
+                    error_message=bounded(message),
                     infer_response=pb.ModelInferResponse(
                         model_name=request.model_name, id=request.id
                     ),

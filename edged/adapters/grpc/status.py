@@ -29,6 +29,18 @@ STATUS = {
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
+# A status message travels in a trailer: clients refuse metadata past 8 KiB by default, and an
+# error naming 10,000 tensors would be 88 KB.
+MAX_MESSAGE_CHARS = 2000
+
+
+def bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    cut = len(message) - MAX_MESSAGE_CHARS
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters)"
+
+
 R = TypeVar("R")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
 
@@ -40,7 +52,11 @@ async def abort(
     if isinstance(exc, grpc.aio.AbortError):
         raise exc  # the handler ended the call itself
     if isinstance(exc, EdgedError):
-        await context.abort(STATUS[exc.code], exc.message)
+        # An expected refusal needs no traceback, and its frames would keep the request's
+        # parsed message and tensors alive in a reference cycle until a full collection
+        # (hundreds of MB after a burst of large refused requests).
+        exc.__traceback__ = None
+        await context.abort(STATUS[exc.code], bounded(exc.message))
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the daemon's log")
 
