@@ -144,11 +144,13 @@ class Daemon:
             quality=quality,
         )
         self.metrics.watch(serving.repository, serving.lifecycle, serving.quality)
+        # The metrics listener first: a port it cannot take is a config error, reported before
+        # the gRPC servers exist (a started server left unstopped would spew at exit).
+        if self.settings.metrics.address:
+            self.metrics.serve(self.settings.metrics.address)
         server = GrpcServer(self.settings.server, serving)
         await server.start()
         await server.set_serving(False)
-        if self.settings.metrics.address:
-            self.metrics.serve(self.settings.metrics.address)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)

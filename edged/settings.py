@@ -86,6 +86,10 @@ def _address(value: object) -> str:
     return value
 
 
+def _port(address: str) -> str:
+    return address.rpartition(":")[2]
+
+
 def _relative_to_config(value: object, info: ValidationInfo) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty path, got {value!r}")
@@ -140,6 +144,13 @@ class MemoryBudget(BaseModel):
 class StoreSettings(Section):
     path: ConfigPath = Field(Path("/var/lib/edged"), description="the model store")
 
+    @field_validator("path")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a directory")
+        return value
+
 
 Role = Literal["inference", "operate", "update"]
 ROLES: tuple[Role, ...] = ("inference", "operate", "update")
@@ -170,7 +181,10 @@ class ServerSettings(Section):
     allow_insecure_remote: bool = Field(
         False, description="accept a non-loopback tcp address without TLS"
     )
-    max_message_bytes: Size = Field(64 * 2**20, description="largest request or response")
+    # gRPC keeps message limits in a C int.
+    max_message_bytes: Annotated[Size, Field(le=2**31 - 1)] = Field(
+        64 * 2**20, description="largest request or response (at most 2 GiB - 1)"
+    )
     workers: Count = Field(4, description="threads that run inference")
     drain_seconds: Seconds = Field(10.0, description="how long in-flight requests may finish")
     # TLS on the TCP listener: both for TLS; tls_client_ca as well for mutual TLS.
@@ -434,6 +448,18 @@ class Settings(Section):
             except ManifestError as exc:
                 raise ValueError(exc.message) from None
         return value
+
+    @model_validator(mode="after")
+    def _listeners_apart(self) -> Settings:
+        metrics, tcp = self.metrics.address, self.server.tcp
+        if metrics and tcp and _port(metrics) == _port(tcp) and _port(tcp) != "0":
+            hosts = {metrics.rpartition(":")[0], tcp.rpartition(":")[0]}
+            if len(hosts) == 1 or hosts & {"0.0.0.0", "[::]", ""}:
+                raise ValueError(
+                    f"metrics.address: {metrics} is server.tcp's address ({tcp}); give the "
+                    "metrics another port"
+                )
+        return self
 
     def pinned(self) -> frozenset[str]:
         return frozenset(name for name, m in self.models.items() if m.pin)

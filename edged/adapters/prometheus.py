@@ -28,6 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from edged.errors import ConfigError
 from edged.serving.lifecycle import LifecycleService
 from edged.serving.quality import QualityService
 from edged.serving.repository import RepositoryService
@@ -256,7 +257,13 @@ class Metrics:
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        try:
+            start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        except OSError as e:
+            raise ConfigError(
+                f"metrics.address: cannot listen on {address}: {e.strerror} (in use by another "
+                "process, or not an address of this machine)"
+            ) from None
 
     # -- edged.events.Events --------------------------------------------------------------------
 

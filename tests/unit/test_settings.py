@@ -74,12 +74,31 @@ def test_budget_forms(text: str | int, total: int, expected: int) -> None:
         ({"updates": {"partial_retention_hours": 0}}, "updates.partial_retention_hours"),
         ({"updates": {"trusted_key": "x"}}, "updates.trusted_key"),
         ({"server": {"tls_cert": "/nonexistent.pem", "tls_key": "/x"}}, "server.tls_cert"),
+        # Issue 17: every bad value named, none taken for something else.
+        ({"lifecycle": {"shadow_agreement": float("nan")}}, "lifecycle.shadow_agreement"),
+        ({"memory": {"tick_seconds": float("nan")}}, "memory.tick_seconds"),
+        ({"server": {"drain_seconds": float("inf")}}, "server.drain_seconds"),
+        ({"store": {"path": ""}}, "store.path"),
+        ({"server": {"max_message_bytes": "8GiB"}}, "server.max_message_bytes"),
+        ({"metrics": {"address": "127.0.0.1:8001"}}, "metrics.address"),
+        ({"metrics": {"address": "0.0.0.0:8001"}}, "metrics.address"),
+        ({"server": {"tcp_roles": ["inference", "update"]}}, "tcp_roles"),
+        ({"server": {"socket_roles": ["root"]}}, "server.socket_roles"),
+        ({"server": {"tcp": "0.0.0.0:8001"}}, "tcp"),
+        ({"server": {"client_roles": {"ctl": ["update"]}}}, "client_roles"),
     ],
 )
 def test_bad_config_names_the_key(data: dict, key: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as err:
         config.from_dict(data)
     assert key in str(err.value)
+
+
+def test_a_store_path_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"store": {"path": str(tmp_path / "afile")}})
+    assert "store.path" in err.value.message and "is a file" in err.value.message
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
