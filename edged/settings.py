@@ -186,6 +186,9 @@ class ServerSettings(Section):
         64 * 2**20, description="largest request or response (at most 2 GiB - 1)"
     )
     workers: Count = Field(4, description="threads that run inference")
+    max_queue_per_model: Count = Field(
+        64, description="requests one model may have waiting; more get RESOURCE_EXHAUSTED"
+    )
     drain_seconds: Seconds = Field(10.0, description="how long in-flight requests may finish")
     # TLS on the TCP listener: both for TLS; tls_client_ca as well for mutual TLS.
     tls_cert: ConfigPath | None = None

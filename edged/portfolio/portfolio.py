@@ -527,9 +527,19 @@ class Portfolio:
         slot = self.slot(name)
         async with self._memory:
             old = slot.drop(f"evicted ({why})")
-            if old is not None:
-                self.events.evicted(why)
-                await self._retire(old)
+            if old is None:
+                return
+            self.events.evicted(why)
+            # Its bytes stay promised until it is closed; the drain itself waits outside the
+            # memory lock, so loads and requests to other models go on meanwhile (a stalled
+            # client's lease once held every other model up for the evict's whole wait).
+            key = f"retiring {name} {id(old)}"
+            self.budget.reserved[key] = self.bytes_of(old)
+        try:
+            await self._retire(old)
+        finally:
+            self.budget.reserved.pop(key, None)
+            self._notify()
 
     def pin(self, name: str, pinned: bool) -> None:
         self.slot(name).pin(pinned)

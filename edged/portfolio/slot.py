@@ -121,6 +121,10 @@ class Handle:
         # The request layout (edged/grpc/wire.py) whose tensors were last checked against this
         # runtime's signature: the same layout has the same names, datatypes and shapes.
         self.checked_layout: object | None = None
+        # Requests it may run at once (runtime.concurrency), the rest wait on the event loop
+        # (the serving layer makes it on first use), and how many wait now.
+        self.gate: asyncio.Semaphore | None = None
+        self.waiting = 0
         # How its outputs are compared and scored (the quality package fills it once).
         self.kinds: Mapping[str, OutputKind] | None = None
 

@@ -53,6 +53,9 @@ class Runtime(Protocol):
     outputs: tuple[TensorSpec, ...]
     generative: bool
     staged: bool  # a cascade (runtime/cascade.py): infer_staged says which stage answered
+    # How many requests it runs at once (llama.cpp: one per context), None for any number:
+    # the serving layer queues the rest on the event loop, never on a worker thread.
+    concurrency: int | None
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run the model; blocking, safe to call from several threads at once."""

@@ -85,6 +85,7 @@ class CascadeRuntime:
     platform = "edged_cascade"
     generative = False
     staged = True
+    concurrency: int | None = None
 
     def __init__(
         self,

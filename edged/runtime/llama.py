@@ -32,6 +32,7 @@ MAX_CONTEXTS = 16
 class LlamaRuntime:
     platform = "llama_cpp_gguf"
     staged = False
+    concurrency: int | None
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         from llama_cpp import Llama
@@ -61,6 +62,16 @@ class LlamaRuntime:
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for llm in self._contexts:
             self._free.put(llm)
+        self.concurrency = count
+        first = self._contexts[0]
+        self.max_prompt_tokens = int(options.get("max_prompt_tokens", first.n_ctx() - 1))
+        # A prompt longer than this many bytes cannot fit in the context whatever it says (no
+        # token is longer than the vocabulary's longest piece): refused before tokenizing,
+        # which is quadratic in llama.cpp (a 128 KiB prompt took 2.6 s).
+        longest = max((len(first.detokenize([t])) for t in range(first.n_vocab())), default=1)
+        self.max_prompt_bytes = int(
+            options.get("max_prompt_bytes", (self.max_prompt_tokens) * max(longest, 1))
+        )
         self.generative = not self._embedding
         self.inputs: tuple[TensorSpec, ...] = (TensorSpec(TEXT_INPUT, "BYTES", (1,)),)
         self.outputs: tuple[TensorSpec, ...]
@@ -96,13 +107,21 @@ class LlamaRuntime:
             raise InvalidInputError("this GGUF variant serves embeddings, not generation")
         import llama_cpp
 
+        size = len(prompt.encode())
+        if size > self.max_prompt_bytes:
+            raise InvalidInputError(
+                f"input tensor {TEXT_INPUT!r}: the prompt is {size} bytes, at most "
+                f"{self.max_prompt_bytes} are accepted (max_prompt_tokens "
+                f"{self.max_prompt_tokens} of the model's longest token)"
+            )
         with self._context() as llm:
             prompt_tokens = self._prompt_tokens(llm, prompt)
             n_ctx = llm.n_ctx()
-            if len(prompt_tokens) >= n_ctx:
+            if len(prompt_tokens) > min(self.max_prompt_tokens, n_ctx - 1):
                 raise InvalidInputError(
                     f"input tensor {TEXT_INPUT!r}: the prompt is {len(prompt_tokens)} tokens, "
-                    f"the model's context holds {n_ctx}"
+                    f"at most {min(self.max_prompt_tokens, n_ctx - 1)} are accepted (the "
+                    f"model's context holds {n_ctx})"
                 )
             vocab, n_vocab = llm._model.vocab, llm.n_vocab()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

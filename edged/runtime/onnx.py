@@ -41,6 +41,7 @@ class OnnxRuntime:
     platform = "onnxruntime_onnx"
     generative = False
     staged = False
+    concurrency: int | None = None
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         so = ort.SessionOptions()

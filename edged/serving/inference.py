@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -147,6 +147,13 @@ class InferenceService:
         self.quality = quality or QualityMonitor(portfolio.settings.quality, None, events)
         self._random = random.Random(0).random
         self._trimmed = 0.0
+        self.workers = workers
+        self.max_queue = portfolio.settings.server.max_queue_per_model
+
+    def _queue_bound(self, handle: Handle) -> int:
+        """Requests a variant may hold at once: what it can run (its contexts, or the worker
+        threads) plus the queue of one model."""
+        return (handle.runtime.concurrency or self.workers) + self.max_queue
 
     def after_large_request(self) -> None:
         """A request of many bytes ended (served or refused): hand the heap pages its buffers
@@ -179,6 +186,8 @@ class InferenceService:
         lease = portfolio.warm_lease(slot, arrived) or await portfolio.cold_lease(slot, arrived)
         handle = lease.handle
         try:
+            if handle.inflight > self._queue_bound(handle):
+                raise _queue_full(model, handle)
             served = await self._run(lease, inputs, requested, params, layout)
         except RuntimeFailedError as failure:
             served = await self._fall_back(slot, handle, failure, inputs, requested, params)
@@ -361,6 +370,9 @@ class InferenceService:
         is asked, else the whole answer. The lease ends with the last chunk (or at once)."""
         lease = await self.portfolio.lease(model, version)
         handle = lease.handle
+        if handle.inflight > self._queue_bound(handle):
+            lease.release()
+            raise _queue_full(model, handle)
         runtime = handle.runtime
         opened = Stream(handle.version, handle.variant.id, runtime.outputs[0].name, lease.cold)
         if not (stream and runtime.generative):
@@ -377,11 +389,22 @@ class InferenceService:
 
         async def chunks() -> AsyncIterator[str]:
             logprobs: list[float] = []
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    lease.release()
+
             try:
-                async for chunk in self._stream(handle, inputs, params, logprobs):
+                # The lease ends when generation does, not when the client has read the last
+                # chunk: a client that stops reading holds text, never the model (an evict or a
+                # swap waits for leases).
+                async for chunk in self._stream(handle, inputs, params, logprobs, release):
                     yield chunk
             finally:
-                lease.release()
+                release()
             confidence = token_confidence(logprobs)
             if confidence is not None:
                 self.quality.note(
@@ -408,14 +431,17 @@ class InferenceService:
         inputs: Mapping[str, Array],
         params: GenerationParams,
         logprobs: list[float] | None = None,
+        generated: Callable[[], None] | None = None,
     ) -> AsyncIterator[str]:
-        """Run generation on a worker thread, handing chunks to the loop as they come."""
+        """Run generation on a worker thread, handing chunks to the loop as they come;
+        ``generated`` is called on the loop once the runtime is done with the request."""
         runtime = handle.runtime
         name = runtime.inputs[0].name
         prompt = prompt_text(inputs[name], name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
+        gate = await self._enter(handle)
 
         def work() -> None:
             try:
@@ -425,8 +451,17 @@ class InferenceService:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
+                if gate is not None:
+                    loop.call_soon_threadsafe(gate.release)
+                if generated is not None:
+                    loop.call_soon_threadsafe(generated)
 
-        future = loop.run_in_executor(self.pool, work)
+        try:
+            future = loop.run_in_executor(self.pool, work)
+        except BaseException:
+            if gate is not None:
+                gate.release()
+            raise
         try:
             while (item := await queue.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -436,8 +471,35 @@ class InferenceService:
             stop.set()
             await asyncio.shield(future)
 
+    async def _enter(self, handle: Handle) -> asyncio.Semaphore | None:
+        """Wait, on the event loop, until the runtime can take one more request (a llama.cpp
+        context is free): a waiting request never holds a worker thread, and one whose client
+        leaves or whose deadline passes is cancelled here, before any work."""
+        limit = handle.runtime.concurrency
+        if limit is None:
+            return None
+        gate = handle.gate
+        if gate is None:
+            gate = handle.gate = asyncio.Semaphore(limit)
+        if handle.waiting >= self.max_queue:
+            raise _queue_full(handle.manifest.name, handle)
+        handle.waiting += 1
+        try:
+            await gate.acquire()
+        finally:
+            handle.waiting -= 1
+        return gate
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def _queue_full(model: str, handle: Handle) -> EdgedError:
+    return EdgedError(
+        f"model {model!r} has {handle.inflight} requests in flight, its queue is full "
+        "(server.max_queue_per_model): retry later",
+        ErrorCode.RESOURCE_EXHAUSTED,
+    )
 
 
 def token_confidence(logprobs: Sequence[float]) -> float | None:

@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from edged.api import inference_pb2 as pb
-from edged.api import inference_pb2_grpc as pb_grpc
 from tests.conftest import import_demo
 from tests.daemon import DaemonProcess
 
@@ -42,7 +42,7 @@ BAD = {
         _tensor_request("mlp", "input", "FP32", [1] * 65, b"\0" * 4),
         "65 dimensions",
     ),
-    "a prompt longer than the context": (_prompt(b"word " * 2000), "context holds"),
+    "a prompt longer than the context": (_prompt(b"word " * 2000), "at most"),
     "two million BYTES elements": (
         _tensor_request("tinyllama", "text_input", "BYTES", [2_000_000], b"\0" * 16),
         "BYTES elements",
