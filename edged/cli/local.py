@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.cli.common import load_settings, with_config
-from edged.serving.local import Imported, import_demo, import_version
+from edged.serving.local import Imported, check_store, import_demo, import_version
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -53,6 +53,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_check(args: argparse.Namespace) -> int:
+    """Exit 0 when every blob matches its digest, 1 (and each problem on a line) otherwise."""
+    report = check_store(load_settings(args))
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    if report.leftovers:
+        print(f"{report.leftovers} temporary files of interrupted writes (removed at next start)")
+    print(f"{report.blobs} blobs ({report.bytes} bytes) verified, {len(report.problems)} problems")
+    return 1 if report.problems else 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the daemon in the foreground")
     with_config(p)
@@ -64,6 +75,12 @@ def register(sub: Any) -> None:
     p.add_argument("--no-activate", action="store_true", help="do not make it the active version")
     p.add_argument("--no-validate", action="store_true", help="skip the subprocess validation")
     p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("store", help="the model store")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    p = store_sub.add_parser("check", help="verify every blob against its digest (read-only)")
+    with_config(p)
+    p.set_defaults(fn=cmd_store_check)
 
     p = sub.add_parser("demo", help="build the demo portfolio offline and import it")
     with_config(p)

@@ -26,6 +26,7 @@ from edged.portfolio.verdicts import variant_key
 from edged.runtime import open_runtime, warm_runtimes
 from edged.runtime.base import LoadStats, Runtime
 from edged.runtime.cascade import CascadeRuntime
+from edged.store.check import CorruptBlobError, verify_blob
 from edged.store.lineage import output_kinds
 from edged.store.manifest import CASCADE, Manifest, Variant
 
@@ -79,6 +80,8 @@ class Loader:
         # it started, or one started before it finished.
         self._running = 0
         self.started = 0  # loads started since the daemon started
+        # Blobs whose digest was checked in this run (edged/store/check.py): each once.
+        self._verified: set[str] = set()
 
     async def load(
         self, manifest: Manifest, variant: Variant, floor: int, *, background: bool = False
@@ -96,7 +99,18 @@ class Loader:
             else {variant.format}
         )
 
+        files = (
+            [manifest.variant(s) for s in variant.options["stages"]]
+            if variant.format == CASCADE
+            else [variant]
+        )
+
         def work() -> tuple[Runtime, LoadStats]:
+            # Bit rot is found before a runtime reads the file: a damaged blob is never served.
+            for part in files:
+                if part.sha256 not in self._verified:
+                    verify_blob(self.path_of(part), part.sha256)
+                    self._verified.add(part.sha256)
             before = _threads() if background else set()
             # A format new since start: its runtime's one-time set-up is not this variant's memory.
             warm_runtimes(formats)
@@ -116,6 +130,9 @@ class Loader:
         try:
             pool = self._preload_pool if background else self._load_pool
             runtime, stats = await loop.run_in_executor(pool, work)
+        except CorruptBlobError:
+            self.journal.clear(key)
+            raise
         except Exception as exc:
             self.journal.clear(key)
             raise UnavailableError(

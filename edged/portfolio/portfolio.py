@@ -48,7 +48,8 @@ from edged.portfolio.slot import Handle, Lease, Slot
 from edged.portfolio.verdicts import Prober, SubprocessProber, Verdict, Verdicts
 from edged.runtime.probe import ProbeResult
 from edged.settings import Settings
-from edged.store.manifest import Manifest, Variant
+from edged.store.check import CorruptBlobError
+from edged.store.manifest import CASCADE, Manifest, Variant
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,12 @@ class Portfolio:
                     return handle
                 try:
                     outcome = await self._try_load(slot, variant_id, start_up)
+                except CorruptBlobError as exc:
+                    # That variant is marked unusable: place another one (or fail with why).
+                    if variant_id is not None:
+                        slot.load_failed(exc.message)
+                        raise
+                    continue
                 except EdgedError as exc:
                     slot.load_failed(exc.message)
                     raise
@@ -488,9 +495,21 @@ class Portfolio:
         task.add_done_callback(self._background.discard)
 
     async def _load(self, manifest: Manifest, variant: Variant, preload: bool = False) -> Handle:
-        handle = await self.loader.load(
-            manifest, variant, self.costs.floor(variant), background=preload
-        )
+        try:
+            handle = await self.loader.load(
+                manifest, variant, self.costs.floor(variant), background=preload
+            )
+        except CorruptBlobError as exc:
+            stages = (
+                [manifest.variant(s) for s in variant.options["stages"]]
+                if variant.format == CASCADE
+                else [variant]
+            )
+            for part in stages:
+                if part.sha256 == exc.digest:
+                    self.verdicts.corrupt(part, exc.message)
+            self.refresh()
+            raise
         self.verdicts.loaded(variant)
         return handle
 

@@ -209,6 +209,14 @@ class Verdicts:
         self._results[variant_key(variant)] = result
         return result
 
+    def corrupt(self, variant: Variant, reason: str) -> None:
+        """The variant's blob no longer matches its digest: unusable from now on (recorded in
+        the store, like a refused validation), so residency places another variant."""
+        log.error("variant %s (%s): %s", variant.id, variant.sha256[:12], reason)
+        result = ProbeResult(False, f"corrupted on disk: {reason}")
+        record_result(self.store, variant, result)
+        self._results[variant_key(variant)] = result
+
     def stopped_cleanly(self) -> None:
         """A clean stop clears crash suspicion for the variants that ran in this run; what was
         quarantined stays quarantined."""

@@ -73,3 +73,20 @@ def import_demo(settings: Settings, out: Path | None = None) -> Iterator[Importe
             yield Imported(name, version, len(manifest["variants"]), (), kept=True)
             continue
         yield import_version(settings, model_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreCheck:
+    blobs: int
+    bytes: int
+    problems: tuple[str, ...]
+    leftovers: int  # temporary files an interrupted write left (removed at the next start)
+
+
+def check_store(settings: Settings) -> StoreCheck:
+    """Verify every blob of the configured store against its digest and every manifest's
+    variants against their blobs (`edged store check`); read-only."""
+    from edged.store.check import check_store as check
+
+    report = check(ModelStore(settings.store.path))
+    return StoreCheck(report.blobs, report.bytes, tuple(report.problems), len(report.leftovers))

@@ -36,6 +36,7 @@ from edged.formats.onnx import external_locations as onnx_external_locations
 from edged.names import check_name, check_version, version_key
 from edged.store import atomic
 from edged.store.manifest import Manifest, Variant, loads
+from edged.store.space import is_out_of_space, out_of_space
 from edged.store.versions import VersionRecord, VersionState
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,14 @@ class ModelStore:
         finally:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
-        self.add_version(manifest, activate=activate)
+        try:
+            self.add_version(manifest, activate=activate)
+        except OSError as exc:
+            if is_out_of_space(exc):
+                raise out_of_space(
+                    f"import of {manifest.name} version {manifest.version}", self.root
+                ) from None
+            raise
         log.info(
             "imported %s version %s (%d variants)",
             manifest.name,
@@ -257,12 +265,20 @@ class ModelStore:
                 )
         tmp = self.tmp / f"import-{uuid.uuid4().hex}"
         digest = hashlib.sha256()
-        with resolved.open("rb") as fin, tmp.open("wb") as fout:
-            while chunk := fin.read(_CHUNK):
-                digest.update(chunk)
-                fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
+        try:
+            with resolved.open("rb") as fin, tmp.open("wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    digest.update(chunk)
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)  # a full disk must not stay full of half a copy
+            if is_out_of_space(exc):
+                raise out_of_space(
+                    f"import of {variant.file!r} ({variant.size} bytes)", self.root
+                ) from None
+            raise
         if digest.hexdigest() != variant.sha256:
             tmp.unlink()
             raise ManifestError(

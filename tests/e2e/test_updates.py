@@ -410,3 +410,104 @@ def test_tls_and_mutual_tls_on_the_tcp_listener(world: dict[str, Any], tmp_path:
         wait_for(lambda: served_version(daemon.unix_url) == "2", 120, "the promotion")
     finally:
         daemon.stop()
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes: a disk that fills up."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (a disk that fills up); CI runs as root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _store_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("phase", ["receiving", "applying"])
+def test_a_full_disk_refuses_import_push_and_apply_cleanly(
+    world: dict[str, Any], tmp_path: Path, phase: str
+) -> None:
+    """On a disk with room for version 1 and (apply) the patch but not version 2's files, or
+    (receive) not even the patch: `edged import` of version 2 and a push of the patch each end
+    with an error saying the disk is full, no temporary file is left, and version 1 serves on.
+    A patch refused while it arrives is discarded (it cannot be kept); one received whole and
+    refused while it is applied is kept, so that the push resumes at applying once there is
+    room."""
+    v1_bytes = _store_bytes(world["v1"])
+    patch_bytes = _store_bytes(world["update"])
+    room = patch_bytes + 3 * 2**20 if phase == "applying" else patch_bytes // 3
+    with small_disk(tmp_path / "disk", v1_bytes + room) as disk:
+        store = ModelStore(disk / "store")
+        store.import_dir(world["v1"])
+        with pytest.raises(EdgedError) as err:
+            store.import_dir(world["v2"])
+        assert "no space left" in err.value.message and err.value.code.value == "resource_exhausted"
+        assert list(store.tmp.iterdir()) == []
+        assert store.versions(MODEL) == ["1"]
+
+        daemon = start(store.root, world)
+        try:
+            with pytest.raises(grpc.RpcError) as pushed:
+                push(daemon.admin_url, world["update"], retries=0)
+            assert pushed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = pushed.value.details() or ""
+            assert "no space left" in details and phase in details, details
+            assert list(store.tmp.iterdir()) == []
+            parts = list((store.root / "updates").rglob("*.part"))
+            if phase == "receiving":
+                assert parts == []
+            else:
+                assert parts and sum(p.stat().st_size for p in parts) <= patch_bytes
+            assert served_version(daemon.unix_url) == "1"
+            store_is_consistent(store.root)
+        finally:
+            daemon.stop()
+
+
+def test_a_blob_damaged_on_disk_is_never_served(world: dict[str, Any], tmp_path: Path) -> None:
+    """Bit rot in the fp32 variant's blob: `edged store check` names it; the daemon finds it
+    before loading it, marks it, and serves the model from its int8 variant."""
+    root = fresh_store(world, tmp_path)
+    store = ModelStore(root)
+    manifest = store.manifest(MODEL, "1")
+    fp32 = next(v for v in manifest.variants if v.quantization == "fp32")
+    blob = store.variant_path(fp32)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one bit, in the middle of the weights
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    config = tmp_path / "check.toml"
+    config.write_text(f'[store]\npath = "{root}"\n')
+    checked = subprocess.run(
+        [sys.executable, "-m", "edged", "store", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "no longer matches its digest" in checked.stdout and fp32.id in checked.stdout
+    daemon = DaemonProcess(root, updates__trusted_keys=str(world["keys"]), memory__budget="4GiB")
+    daemon.start()
+    try:
+        import tritonclient.grpc as triton
+
+        client_ = triton.InferenceServerClient(url=daemon.unix_url)
+        data_in = triton.InferInput("input", [1, 256], "FP32")
+        data_in.set_data_from_numpy(np.ones((1, 256), np.float32))
+        response = client_.infer(MODEL, [data_in], client_timeout=60).get_response()
+        client_.close()
+        assert response.parameters["edged_variant"].string_param != fp32.id
+        listed = daemon.edged("models")
+        assert "corrupted on disk" in listed.stdout, listed.stdout
+    finally:
+        daemon.stop()

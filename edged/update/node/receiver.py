@@ -31,6 +31,7 @@ from pathlib import Path
 from edged.errors import EdgedError, ErrorCode, ManifestError, RejectedError, StoreError
 from edged.store import atomic
 from edged.store.manifest import Manifest, Transfer, loads
+from edged.store.space import is_out_of_space, out_of_space
 from edged.store.store import ModelStore
 from edged.update import patch as patch_mod
 from edged.update.protocol import check_id, update_id
@@ -146,9 +147,23 @@ class Update:
             fd = os.open(self.dir / f"{variant}.part", os.O_WRONLY | os.O_CREAT, 0o600)
             self._fds[variant] = fd
         view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        try:
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            if not is_out_of_space(exc):
+                raise
+            # What arrived cannot be kept: free it rather than leave the disk full.
+            for open_fd in self._fds.values():
+                os.close(open_fd)
+            self._fds.clear()
+            for name in list(self._held):
+                (self.dir / f"{name}.part").unlink(missing_ok=True)
+                self._held[name] = 0
+            with contextlib.suppress(OSError):
+                self.checkpoint()
+            raise out_of_space(f"update {self.id}: receiving {variant}", self.dir) from None
         self._held[variant] = held + len(data)
         self._unsynced += len(data)
         if self._unsynced >= CHECKPOINT_BYTES or self._held[variant] == transfer.size:
@@ -158,6 +173,14 @@ class Update:
 
     def apply(self) -> None:
         """Verify every file, bring each variant's blob into the store, register the version."""
+        try:
+            self._apply()
+        except OSError as exc:
+            if not is_out_of_space(exc):
+                raise
+            raise out_of_space(f"update {self.id}: applying", self.store.root) from None
+
+    def _apply(self) -> None:
         self.close()
         for variant in self.manifest.variants:
             transfer = self.section.transfers[variant.id]
