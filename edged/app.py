@@ -116,6 +116,14 @@ class Daemon:
     # -- the lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        extender = systemd.StartExtender()
+        extender.start()
+        try:
+            await self._run(extender)
+        finally:
+            extender.stop()
+
+    async def _run(self, extender: systemd.StartExtender) -> None:
         loop = asyncio.get_running_loop()
         self.store.recover()
         fatal = FatalSignals(self.store.state / "fatal.log")
@@ -179,6 +187,7 @@ class Daemon:
             self.phase = Phase.SERVING
             serving.health.ready = True
             await server.set_serving(True)
+            extender.stop()
             systemd.notify("READY=1", f"STATUS=serving {len(portfolio.slots)} models")
             log.info("edged ready: %d models", len(portfolio.slots))
             for name, version in lifecycle.start_requested():

@@ -48,14 +48,27 @@ def _threads() -> set[str]:
         return set()
 
 
+_warned = {"nice": False}  # one warning per run, not one per preload
+
+
 def _restore_priority(tids: set[str]) -> None:
     """Threads a runtime starts during a preload inherit its nice value; give them the
     process's (needs CAP_SYS_NICE or a LimitNICE= that allows it; else they stay niced)."""
     # The main thread's (its id is the pid); 0 would mean the calling, niced preload thread.
     base = os.getpriority(os.PRIO_PROCESS, os.getpid())
     for tid in tids:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             os.setpriority(os.PRIO_PROCESS, int(tid), base)
+        except PermissionError:
+            if not _warned["nice"]:
+                _warned["nice"] = True
+                log.warning(
+                    "threads started by a preload stay at nice %d: raising them back needs "
+                    "CAP_SYS_NICE or LimitNICE=+0 in the unit (systemd/edged.service sets it)",
+                    BACKGROUND_NICE,
+                )
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
 
 
 class Loader:
