@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import logging
 import signal
+import socket
 from typing import Any
 
 import uvloop
@@ -35,6 +36,7 @@ from edged.serving import Serving
 from edged.serving.updates import UpdateService
 from edged.settings import Settings
 from edged.store.store import ModelStore
+from edged.update.node.freshness import Freshness
 from edged.update.node.receiver import UpdateReceiver
 from edged.update.signing import TrustedKeys
 
@@ -105,8 +107,17 @@ class Daemon:
 
     def _build_updates(self, lifecycle: Lifecycle) -> UpdateService:
         u = self.settings.updates
+        fleet = self.settings.fleet
+        freshness = Freshness(
+            self.store.state / "freshness.json",
+            fleet.device_id or socket.gethostname().lower(),
+            fleet.groups,
+        )
         receiver = UpdateReceiver(
-            self.store, TrustedKeys.load(u.trusted_keys), u.partial_retention_hours * 3600.0
+            self.store,
+            TrustedKeys.load(u.trusted_keys),
+            u.partial_retention_hours * 3600.0,
+            freshness,
         )
         receiver.recover()
         if not receiver.trusted.keys:

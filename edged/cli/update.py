@@ -94,6 +94,12 @@ def cmd_update_build(args: argparse.Namespace) -> int:
         activate=args.activate,
         level=args.level,
         progress=_bar,
+        freshness=client.Freshness(
+            sequence=args.sequence,
+            valid_seconds=args.valid_hours * 3600.0,
+            devices=tuple(args.device or ()),
+            groups=tuple(args.group or ()),
+        ),
     )
     assert manifest.update is not None
     for vid, t in sorted(manifest.update.transfers.items()):
@@ -168,6 +174,12 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--key", required=True, help="ed25519 private key (edged keygen)")
     p.add_argument("--activate", choices=("manual", "immediate"), default="manual")
     p.add_argument("--level", type=int, default=3)
+    p.add_argument(
+        "--sequence", type=int, help="the update's sequence (default: now, in milliseconds)"
+    )
+    p.add_argument("--valid-hours", type=float, default=168.0, help="expires after (hours)")
+    p.add_argument("--device", action="append", help="meant for this device (repeatable)")
+    p.add_argument("--group", action="append", help="meant for this group (repeatable)")
     p.add_argument("-o", "--out", required=True)
     p.set_defaults(fn=cmd_update_build)
 

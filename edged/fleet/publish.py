@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 from edged.errors import ManifestError
@@ -142,12 +143,14 @@ async def publish(
             ),
         )
     whole = work / "whole"
-    client.build_whole(model_dir, whole, key)
+    # One sequence for the version, whichever of its updates a node pulls.
+    freshness = client.Freshness(sequence=int(time.time() * 1000))
+    client.build_whole(model_dir, whole, key, freshness=freshness)
     whole_bytes = await add_update("", whole)
     for base in bases:
         base_dir = await fetch_version(registry, repository, base, work / "bases" / base)
         out = work / "updates" / base
-        client.build(base_dir, model_dir, out, key)
+        client.build(base_dir, model_dir, out, key, freshness=freshness)
         patch_bytes[base] = await add_update(base, out)
         log.info(
             "%s: update from version %s: %d bytes to fetch", repository, base, patch_bytes[base]

@@ -73,6 +73,12 @@ class UpdateSection:
     base_version: str
     activate: str  # "manual" | "immediate"
     transfers: dict[str, Transfer]  # by variant id
+    # Freshness (docs/updates.md, after TUF): a per-model sequence that only moves forward, an
+    # expiry (UNIX seconds), and the devices or groups it is meant for (none: every node).
+    sequence: int = 0
+    expires: float = 0.0
+    devices: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
     @property
     def bytes_to_send(self) -> int:
@@ -386,7 +392,48 @@ def _update(raw: Any, variants: tuple[Variant, ...]) -> UpdateSection:
         raise ManifestError(f"update.variants: no transfer given for {', '.join(missing)}")
     if not base_version and any(t.method != "full" for t in transfers.values()):
         raise ManifestError("update.base_version: needed unless every variant travels 'full'")
-    return UpdateSection(base_version, str(activate), transfers)
+    sequence = raw.get("sequence")
+    if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence <= 0:
+        raise ManifestError(
+            f"update.sequence: expected a positive integer (a signed counter that only moves "
+            f"forward per model), got {sequence!r}"
+        )
+    expires = _expires(raw.get("expires"))
+    targets = raw.get("targets", {})
+    if not isinstance(targets, dict) or set(targets) - {"devices", "groups"}:
+        raise ManifestError('update.targets: expected {"devices": [...], "groups": [...]}')
+    devices, groups = (
+        _names_list(targets.get(k, []), f"update.targets.{k}")
+        for k in (
+            "devices",
+            "groups",
+        )
+    )
+    return UpdateSection(base_version, str(activate), transfers, sequence, expires, devices, groups)
+
+
+def _expires(value: object) -> float:
+    """``update.expires``: an RFC 3339 time with its offset ("2027-01-01T00:00:00Z")."""
+    import datetime
+
+    if not isinstance(value, str):
+        raise ManifestError(
+            f"update.expires: expected an RFC 3339 time such as '2027-01-01T00:00:00Z', "
+            f"got {value!r}"
+        )
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ManifestError(f"update.expires: {value!r} is not an RFC 3339 time") from None
+    if when.tzinfo is None:
+        raise ManifestError(f"update.expires: {value!r} has no UTC offset")
+    return when.timestamp()
+
+
+def _names_list(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ManifestError(f"{where}: expected a list of names, got {value!r}")
+    return tuple(value)
 
 
 def loads(data: bytes | str) -> Manifest:

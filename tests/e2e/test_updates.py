@@ -511,3 +511,51 @@ def test_a_blob_damaged_on_disk_is_never_served(world: dict[str, Any], tmp_path:
         assert "corrupted on disk" in listed.stdout, listed.stdout
     finally:
         daemon.stop()
+
+
+def test_a_replayed_old_update_is_refused_and_stored_nowhere(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 17's first finding: a node updated 1 -> 3 directly was given the old, validly
+    signed 1 -> 2 update and served version 2. Now the signed sequence of the 1 -> 3 update is
+    the model's floor: the replay is refused with the reason, nothing of it is kept, version 3
+    serves on. An expired update and one meant for another device are refused alike."""
+    v3 = new_version(world["v1"], tmp_path / "src", "3", seed=3)
+    to_v3 = tmp_path / "update-v3"
+    client.build(world["v1"], v3, to_v3, world["root"] / "controller.key", activate="immediate")
+    expired = tmp_path / "update-expired"
+    v4 = new_version(world["v1"], tmp_path / "src", "4", seed=4)
+    client.build(
+        world["v1"],
+        v4,
+        expired,
+        world["root"] / "controller.key",
+        freshness=client.Freshness(valid_seconds=-60),
+    )
+    elsewhere = tmp_path / "update-elsewhere"
+    client.build(
+        world["v1"],
+        v4,
+        elsewhere,
+        world["root"] / "controller.key",
+        freshness=client.Freshness(devices=("another-device",)),
+    )
+    store = fresh_store(world, tmp_path)
+    daemon = start(store, world)
+    try:
+        assert push(daemon.admin_url, to_v3).state == "candidate"
+        wait_for(lambda: served_version(daemon.unix_url) == "3", 120, "version 3 promoted")
+        for update, reason in (
+            (world["update"], "replayed or rolled-back"),
+            (expired, "expired"),
+            (elsewhere, "meant for devices ['another-device']"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                push(daemon.admin_url, update, retries=0)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert reason in (err.value.details() or ""), err.value.details()
+        assert list((store / "updates").iterdir()) == []
+        assert served_version(daemon.unix_url) == "3"
+    finally:
+        daemon.stop()
+    assert ModelStore(store).versions(MODEL) == ["1", "3"]

@@ -40,7 +40,36 @@ def _base_for(variant: Variant, base: Manifest) -> Variant | None:
     return candidates[0] if candidates else None
 
 
-def build_whole(target_dir: Path, out: Path, key: Path, *, activate: str = "manual") -> Manifest:
+@dataclasses.dataclass(frozen=True)
+class Freshness:
+    """What a built update says of its own freshness (edged/update/node/freshness.py): its
+    sequence (default: the build's time in milliseconds, which moves forward on one
+    controller), how long it stays valid, and the devices or groups it is meant for."""
+
+    sequence: int | None = None
+    valid_seconds: float = 7 * 86400.0
+    devices: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        now = time.time()
+        out: dict[str, Any] = {
+            "sequence": self.sequence if self.sequence is not None else int(now * 1000),
+            "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + self.valid_seconds)),
+        }
+        if self.devices or self.groups:
+            out["targets"] = {"devices": list(self.devices), "groups": list(self.groups)}
+        return out
+
+
+def build_whole(
+    target_dir: Path,
+    out: Path,
+    key: Path,
+    *,
+    activate: str = "manual",
+    freshness: Freshness = Freshness(),
+) -> Manifest:
     """Write a signed update with no base: every variant file travels whole (for a node that
     holds none of the versions a patch was made from). Files are not copied: the sender reads
     them from ``target_dir``."""
@@ -52,6 +81,7 @@ def build_whole(target_dir: Path, out: Path, key: Path, *, activate: str = "manu
         "variants": {
             v.id: {"method": "full", "sha256": v.sha256, "size": v.size} for v in target.variants
         },
+        **freshness.fields(),
     }
     manifest_path = out / "manifest.json"
     manifest_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
@@ -68,6 +98,7 @@ def build(
     activate: str = "manual",
     level: int = patch_mod.DEFAULT_LEVEL,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    freshness: Freshness = Freshness(),
 ) -> Manifest:
     """Write ``out/manifest.json``, its signature and the files to send; returns the manifest."""
     base, target = _read_manifest(base_dir), _read_manifest(target_dir)
@@ -101,7 +132,12 @@ def build(
         shutil.copyfile(source, out / f"{variant.id}.full")
         transfers[variant.id] = {"method": "full", "sha256": variant.sha256, "size": variant.size}
     raw = dict(target.raw)
-    raw["update"] = {"base_version": base.version, "activate": activate, "variants": transfers}
+    raw["update"] = {
+        "base_version": base.version,
+        "activate": activate,
+        "variants": transfers,
+        **freshness.fields(),
+    }
     manifest_path = out / "manifest.json"
     manifest_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     signing.sign_file(manifest_path, key)

@@ -23,9 +23,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from edged.errors import EdgedError, ErrorCode, ManifestError, RejectedError, StoreError
@@ -34,6 +36,7 @@ from edged.store.manifest import Manifest, Transfer, loads
 from edged.store.space import is_out_of_space, out_of_space
 from edged.store.store import ModelStore
 from edged.update import patch as patch_mod
+from edged.update.node.freshness import Freshness
 from edged.update.protocol import check_id, update_id
 from edged.update.signing import TrustedKeys
 
@@ -60,9 +63,16 @@ class Update:
     """One update being received. Not thread-safe: one Push owns it at a time."""
 
     def __init__(
-        self, store: ModelStore, directory: Path, manifest: Manifest, *, repair: bool = True
+        self,
+        store: ModelStore,
+        directory: Path,
+        manifest: Manifest,
+        *,
+        repair: bool = True,
+        applied: Callable[[Manifest], None] | None = None,
     ) -> None:
         assert manifest.update is not None
+        self._applied = applied
         self.store = store
         self.dir = directory
         self.id = directory.name
@@ -209,6 +219,8 @@ class Update:
             else:
                 self._apply_patch(variant.id, variant.sha256, variant.size, transfer, part, final)
         self.store.add_version(self.manifest, activate=self.section.activate == "immediate")
+        if self._applied is not None:
+            self._applied(self.manifest)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _apply_patch(
@@ -252,10 +264,17 @@ class UpdateReceiver:
     """Opens, resumes and finishes updates; one update per model at a time."""
 
     def __init__(
-        self, store: ModelStore, trusted: TrustedKeys, retention_seconds: float = 7 * 86400
+        self,
+        store: ModelStore,
+        trusted: TrustedKeys,
+        retention_seconds: float = 7 * 86400,
+        freshness: Freshness | None = None,
     ) -> None:
         self.store = store
         self.trusted = trusted
+        self.freshness = freshness or Freshness(
+            store.state / "freshness.json", socket.gethostname().lower()
+        )
         self.retention_seconds = retention_seconds
         self.root = store.root / "updates"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -305,6 +324,8 @@ class UpdateReceiver:
                 return manifest
         except StoreError as e:
             raise UpdateError(e.message, "version_exists", ErrorCode.ALREADY_EXISTS) from None
+        # Replayed, expired or meant for others: refused before anything is stored.
+        self.freshness.check(manifest)
         self._check_bases(manifest)
         uid = update_id(manifest_bytes)
         with self._lock:
@@ -322,7 +343,7 @@ class UpdateReceiver:
                 atomic.write_bytes(directory / "manifest.json", manifest_bytes)
                 atomic.write_bytes(directory / "manifest.json.sig", signature)
                 atomic.fsync_dir(self.root)
-            update = Update(self.store, directory, manifest)
+            update = Update(self.store, directory, manifest, applied=self.freshness.applied)
             self._live[manifest.name] = update
         return update
 

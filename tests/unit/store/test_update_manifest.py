@@ -43,6 +43,8 @@ def manifest() -> dict[str, Any]:
                 "fp32": {"method": "patch", "base_sha256": C, "sha256": C, "size": 40},
                 "int8": {"method": "reuse"},
             },
+            "sequence": 7,
+            "expires": "2031-01-01T00:00:00Z",
         },
     }
 
@@ -52,6 +54,8 @@ def test_valid_update_section() -> None:
     assert section is not None
     assert section.base_version == "1" and section.activate == "immediate"
     assert section.transfers["fp32"].method == "patch" and section.bytes_to_send == 40
+    assert section.sequence == 7 and section.expires == 1924992000.0
+    assert section.devices == () and section.groups == ()
 
 
 @pytest.mark.parametrize(
@@ -69,6 +73,14 @@ def test_valid_update_section() -> None:
             lambda u: u["variants"].update(int8={"method": "full", "sha256": A, "size": 50}),
             "update.variants.int8.sha256",
         ),
+        (lambda u: u.pop("sequence"), "update.sequence"),
+        (lambda u: u.update(sequence=0), "update.sequence"),
+        (lambda u: u.update(sequence=True), "update.sequence"),
+        (lambda u: u.pop("expires"), "update.expires"),
+        (lambda u: u.update(expires="next week"), "update.expires"),
+        (lambda u: u.update(expires="2031-01-01T00:00:00"), "update.expires"),
+        (lambda u: u.update(targets={"devices": "d1"}), "update.targets.devices"),
+        (lambda u: u.update(targets={"hosts": ["d1"]}), "update.targets"),
     ],
 )
 def test_bad_update_sections_name_the_field(edit: Any, field: str) -> None:
