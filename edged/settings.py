@@ -186,6 +186,10 @@ class ServerSettings(Section):
         64 * 2**20, description="largest request or response (at most 2 GiB - 1)"
     )
     workers: Count = Field(4, description="threads that run inference")
+    max_inflight_bytes: Size = Field(
+        256 * 2**20,
+        description="bytes of large requests (>= 1 MiB) held at once; more: RESOURCE_EXHAUSTED",
+    )
     max_queue_per_model: Count = Field(
         64, description="requests one model may have waiting; more get RESOURCE_EXHAUSTED"
     )

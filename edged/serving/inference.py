@@ -130,6 +130,7 @@ class Stream:
 
 
 TRIM_INTERVAL_SECONDS = 1.0
+INFLIGHT_KEY = "requests in flight"
 TRIM_DELAY_SECONDS = 0.2
 
 
@@ -149,6 +150,28 @@ class InferenceService:
         self._trimmed = 0.0
         self.workers = workers
         self.max_queue = portfolio.settings.server.max_queue_per_model
+        self.max_inflight_bytes = portfolio.settings.server.max_inflight_bytes
+        self.inflight_bytes = 0
+
+    def admit_bytes(self, size: int) -> None:
+        """A large request's bytes, held from its arrival to its answer: refused past
+        server.max_inflight_bytes, and counted against the memory budget meanwhile (a load
+        planned now sees them; ten 64 MiB requests once took 1.1 GB nobody accounted for)."""
+        if self.inflight_bytes + size > self.max_inflight_bytes:
+            raise EdgedError(
+                f"requests in flight hold {self.inflight_bytes} bytes; this one's {size} would "
+                f"pass server.max_inflight_bytes ({self.max_inflight_bytes}): retry later",
+                ErrorCode.RESOURCE_EXHAUSTED,
+            )
+        self.inflight_bytes += size
+        self.portfolio.budget.reserved[INFLIGHT_KEY] = self.inflight_bytes
+
+    def release_bytes(self, size: int) -> None:
+        self.inflight_bytes -= size
+        if self.inflight_bytes:
+            self.portfolio.budget.reserved[INFLIGHT_KEY] = self.inflight_bytes
+        else:
+            self.portfolio.budget.reserved.pop(INFLIGHT_KEY, None)
 
     def _queue_bound(self, handle: Handle) -> int:
         """Requests a variant may hold at once: what it can run (its contexts, or the worker

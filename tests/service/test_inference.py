@@ -46,3 +46,31 @@ def test_a_new_handle_checks_a_known_layout_again(tmp_path: Path) -> None:
             portfolio.journal.close()
 
     asyncio.run(run())
+
+
+def test_large_requests_in_flight_are_bounded_and_counted_against_the_budget(
+    tmp_path: Path,
+) -> None:
+    """Issue 17: ten concurrent 64 MiB requests once held 1.1 GB nobody accounted for. Large
+    requests' bytes are now admitted up to server.max_inflight_bytes (RESOURCE_EXHAUSTED past
+    it) and held as a reservation against the memory budget until they are answered."""
+    from edged.errors import EdgedError, ErrorCode
+    from tests.portfolios import make_settings
+
+    store = ModelStore(tmp_path / "store")
+    store.import_dir(mlp_family(tmp_path / "src", "m", (16, 32, 4), seed=1))
+    config = make_settings(server={"max_inflight_bytes": "8MiB"})
+    portfolio = open_portfolio(store, tmp_path, config)
+    dataplane = InferenceService(portfolio, NoEvents(), workers=2)
+    free = portfolio.free()
+    dataplane.admit_bytes(6 * 2**20)
+    assert portfolio.free() == free - 6 * 2**20
+    with pytest.raises(EdgedError) as err:
+        dataplane.admit_bytes(3 * 2**20)
+    assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert "server.max_inflight_bytes" in err.value.message
+    dataplane.admit_bytes(2 * 2**20)
+    dataplane.release_bytes(6 * 2**20)
+    dataplane.release_bytes(2 * 2**20)
+    assert portfolio.free() == free and dataplane.inflight_bytes == 0
+    dataplane.close()

@@ -89,7 +89,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         start = time.perf_counter_ns()
         model = version = ""
         ok = False
+        admitted = 0
         try:
+            if len(body) >= INLINE_COPY_BYTES:  # a large request's bytes are accounted for
+                self.inference.admit_bytes(len(body))
+                admitted = len(body)
             known = self._templates.match(body)
             if known is not None:
                 template, inputs = known
@@ -139,6 +143,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc, "ModelInfer")
         finally:
             self.inference.observe(model, ok, start, version)
+            if admitted:
+                self.inference.release_bytes(admitted)
             if body is not None and len(body) >= TRIM_AFTER_BYTES:
                 self.inference.after_large_request()
 
