@@ -14,6 +14,7 @@ import enum
 import logging
 import signal
 import socket
+import time
 from typing import Any
 
 import uvloop
@@ -38,6 +39,7 @@ from edged.settings import Settings
 from edged.store.store import ModelStore
 from edged.update.node.freshness import Freshness
 from edged.update.node.receiver import UpdateReceiver
+from edged.update.root import RootOfTrust
 from edged.update.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
@@ -113,14 +115,16 @@ class Daemon:
             fleet.device_id or socket.gethostname().lower(),
             fleet.groups,
         )
+        root = RootOfTrust(self.store.state, u.root, time.time) if u.root is not None else None
         receiver = UpdateReceiver(
             self.store,
-            TrustedKeys.load(u.trusted_keys),
+            TrustedKeys.load(u.trusted_keys) if root is None else TrustedKeys(),
             u.partial_retention_hours * 3600.0,
             freshness,
+            root,
         )
         receiver.recover()
-        if not receiver.trusted.keys:
+        if root is None and not receiver.trusted.keys:
             log.info("updates.trusted_keys is empty: pushed updates will be refused")
         return UpdateService(receiver, self.metrics, u.bandwidth, lifecycle.changed)
 

@@ -298,6 +298,9 @@ class UpdatesSettings(Section):
     """Pushed updates (docs/updates.md)."""
 
     trusted_keys: tuple[ConfigPath, ...] = Field((), description=".pub files or directories")
+    # The provisioned root of trust (edged root): when set, update keys come from it (and its
+    # rotations), and trusted_keys is not used.
+    root: ConfigPath | None = None
     bandwidth: Annotated[int, BeforeValidator(_rate)] = Field(0, description="bytes/s; 0: none")
     partial_retention_hours: Seconds = 168.0
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64ged/api/updates.proto\x12\x08\x65\x64ged.v1\"1\n\nPushHeader\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\":\n\tPushChunk\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"c\n\x0bPushRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.edged.v1.PushHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.edged.v1.PushChunkH\x00\x42\x06\n\x04part\"K\n\x0c\x46ileProgress\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\x04\"w\n\x0cPushResponse\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.edged.v1.FileProgress\"(\n\x13UpdateStatusRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\t\"\x7f\n\x14UpdateStatusResponse\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.edged.v1.FileProgress2\x8f\x01\n\x07Updates\x12\x39\n\x04Push\x12\x15.edged.v1.PushRequest\x1a\x16.edged.v1.PushResponse\"\x00(\x01\x12I\n\x06Status\x12\x1d.edged.v1.UpdateStatusRequest\x1a\x1e.edged.v1.UpdateStatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64ged/api/updates.proto\x12\x08\x65\x64ged.v1\"@\n\nPushHeader\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\r\n\x05roots\x18\x03 \x03(\x0c\":\n\tPushChunk\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"c\n\x0bPushRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.edged.v1.PushHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.edged.v1.PushChunkH\x00\x42\x06\n\x04part\"K\n\x0c\x46ileProgress\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\x04\"w\n\x0cPushResponse\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.edged.v1.FileProgress\"(\n\x13UpdateStatusRequest\x12\x11\n\tupdate_id\x18\x01 \x01(\t\"\x7f\n\x14UpdateStatusResponse\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.edged.v1.FileProgress2\x8f\x01\n\x07Updates\x12\x39\n\x04Push\x12\x15.edged.v1.PushRequest\x1a\x16.edged.v1.PushResponse\"\x00(\x01\x12I\n\x06Status\x12\x1d.edged.v1.UpdateStatusRequest\x1a\x1e.edged.v1.UpdateStatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edged.api.updates_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PUSHHEADER']._serialized_start=37
-  _globals['_PUSHHEADER']._serialized_end=86
-  _globals['_PUSHCHUNK']._serialized_start=88
-  _globals['_PUSHCHUNK']._serialized_end=146
-  _globals['_PUSHREQUEST']._serialized_start=148
-  _globals['_PUSHREQUEST']._serialized_end=247
-  _globals['_FILEPROGRESS']._serialized_start=249
-  _globals['_FILEPROGRESS']._serialized_end=324
-  _globals['_PUSHRESPONSE']._serialized_start=326
-  _globals['_PUSHRESPONSE']._serialized_end=445
-  _globals['_UPDATESTATUSREQUEST']._serialized_start=447
-  _globals['_UPDATESTATUSREQUEST']._serialized_end=487
-  _globals['_UPDATESTATUSRESPONSE']._serialized_start=489
-  _globals['_UPDATESTATUSRESPONSE']._serialized_end=616
-  _globals['_UPDATES']._serialized_start=619
-  _globals['_UPDATES']._serialized_end=762
+  _globals['_PUSHHEADER']._serialized_end=101
+  _globals['_PUSHCHUNK']._serialized_start=103
+  _globals['_PUSHCHUNK']._serialized_end=161
+  _globals['_PUSHREQUEST']._serialized_start=163
+  _globals['_PUSHREQUEST']._serialized_end=262
+  _globals['_FILEPROGRESS']._serialized_start=264
+  _globals['_FILEPROGRESS']._serialized_end=339
+  _globals['_PUSHRESPONSE']._serialized_start=341
+  _globals['_PUSHRESPONSE']._serialized_end=460
+  _globals['_UPDATESTATUSREQUEST']._serialized_start=462
+  _globals['_UPDATESTATUSREQUEST']._serialized_end=502
+  _globals['_UPDATESTATUSRESPONSE']._serialized_start=504
+  _globals['_UPDATESTATUSRESPONSE']._serialized_end=631
+  _globals['_UPDATES']._serialized_start=634
+  _globals['_UPDATES']._serialized_end=777
 # @@protoc_insertion_point(module_scope)

@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PushHeader(_message.Message):
-    __slots__ = ("manifest", "signature")
+    __slots__ = ("manifest", "signature", "roots")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ROOTS_FIELD_NUMBER: _ClassVar[int]
     manifest: bytes
     signature: bytes
-    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    roots: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., roots: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PushChunk(_message.Message):
     __slots__ = ("variant", "offset", "data")

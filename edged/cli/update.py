@@ -136,12 +136,54 @@ def cmd_push(args: argparse.Namespace) -> int:
             files,
             retries=args.retries,
             progress=lambda total, held: _bar("push", total, held),
+            roots=[Path(p).read_bytes() for p in args.root or []],
         )
     print(f"{response.model} version {response.version}: {response.state}")
     return 0
 
 
+def cmd_root_new(args: argparse.Namespace) -> int:
+    from edged.update import root, signing
+
+    data = root.new(
+        args.version,
+        args.expires,
+        [signing.load_public(Path(p)) for p in args.root_key],
+        args.threshold,
+        [signing.load_public(Path(p)) for p in args.update_key],
+    )
+    Path(args.out).write_bytes(data)
+    print(f"{args.out}: root version {args.version}, unsigned (edged root sign)")
+    return 0
+
+
+def cmd_root_sign(args: argparse.Namespace) -> int:
+    from edged.update import root
+
+    path = Path(args.root)
+    root.sign_file(path, Path(args.key))
+    print(f"{path}: signed by {args.key}")
+    return 0
+
+
 def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    r = sub.add_parser("root", help="the root of trust for updates (root keys, update keys)")
+    root_sub = r.add_subparsers(dest="root_command", required=True)
+    p = root_sub.add_parser("new", help="write an unsigned root document")
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--expires", required=True, help="RFC 3339, e.g. 2027-12-01T00:00:00Z")
+    p.add_argument("--root-key", action="append", required=True, help="a root .pub (repeat)")
+    p.add_argument("--threshold", type=int, default=1, help="root signatures needed")
+    p.add_argument("--update-key", action="append", required=True, help="an update .pub")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(fn=cmd_root_new)
+    p = root_sub.add_parser(
+        "sign", help="add a signature (a rotation: the old root's keys and the new one's)"
+    )
+    p.add_argument("root")
+    p.add_argument("--key", required=True)
+    p.set_defaults(fn=cmd_root_sign)
+
     patch = sub.add_parser("patch", help="binary patches between two versions of a model file")
     patch_sub = patch.add_subparsers(dest="patch_command", required=True)
     p = patch_sub.add_parser("create", help="write a patch turning --base into --target")
@@ -188,6 +230,7 @@ def register(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--manifest", required=True)
     p.add_argument("--patch", action="append", help="patch or full file (default: beside it)")
     p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--root", action="append", help="a newer root document to send first")
     p.add_argument("--tls-ca", help="CA certificate of the node (enables TLS)")
     p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", help="client key (mutual TLS)")

@@ -32,6 +32,7 @@ T = TypeVar("T")
 class Header:
     manifest: bytes  # exactly the signed bytes
     signature: bytes
+    roots: tuple[bytes, ...] = ()  # newer root documents to trust first, oldest first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ class UpdateService:
             raise UpdateError("Push: the first message must be the header", "bad_stream")
         uid = update_id(header.manifest)
         begin = asyncio.ensure_future(
-            asyncio.to_thread(self.receiver.begin, header.manifest, header.signature)
+            asyncio.to_thread(self.receiver.begin, header.manifest, header.signature, header.roots)
         )
         try:
             opened = await asyncio.shield(begin)

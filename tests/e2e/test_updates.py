@@ -559,3 +559,46 @@ def test_a_replayed_old_update_is_refused_and_stored_nowhere(
     finally:
         daemon.stop()
     assert ModelStore(store).versions(MODEL) == ["1", "3"]
+
+
+def test_the_root_rotates_the_update_keys(world: dict[str, Any], tmp_path: Path) -> None:
+    """A node provisioned with a root (root key r1) that names the controller's key. The
+    controller moves to a new update key: an update signed by it is refused until the push
+    carries root version 2 (signed by r1, naming the new key); then it is applied, and the old
+    key's updates are refused from then on."""
+    from edged.update import root
+
+    for name in ("r1", "ops2"):
+        signing.keygen(tmp_path / f"{name}.key")
+
+    def pub(name: str) -> Any:
+        return signing.load_public(tmp_path / f"{name}.key.pub")
+
+    controller = signing.load_public(world["root"] / "controller.key.pub")
+    v1 = root.new(1, "2040-01-01T00:00:00Z", [pub("r1")], 1, [controller])
+    (tmp_path / "root.json").write_bytes(root.sign(v1, signing.load_private(tmp_path / "r1.key")))
+    v2 = root.new(2, "2040-01-01T00:00:00Z", [pub("r1")], 1, [pub("ops2")])
+    rotation = root.sign(v2, signing.load_private(tmp_path / "r1.key"))
+
+    v3 = new_version(world["v1"], tmp_path / "src", "3", seed=3)
+    by_new_key = tmp_path / "update-v3"
+    client.build(world["v1"], v3, by_new_key, tmp_path / "ops2.key", activate="immediate")
+    v4 = new_version(world["v1"], tmp_path / "src", "4", seed=4)
+    by_old_key = tmp_path / "update-v4"
+    client.build(world["v1"], v4, by_old_key, world["root"] / "controller.key")
+
+    store = fresh_store(world, tmp_path)
+    daemon = DaemonProcess(store, updates__root=str(tmp_path / "root.json"), preload__enabled=False)
+    daemon.start()
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            push(daemon.admin_url, by_new_key, retries=0)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert push(daemon.admin_url, by_new_key, roots=[rotation]).state == "candidate"
+        wait_for(lambda: served_version(daemon.unix_url) == "3", 120, "version 3 promoted")
+        with pytest.raises(grpc.RpcError) as err:
+            push(daemon.admin_url, by_old_key, retries=0)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert json.loads((store / "state" / "root.json").read_text())["signed"]["version"] == 2
+    finally:
+        daemon.stop()

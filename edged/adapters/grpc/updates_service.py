@@ -48,7 +48,8 @@ async def _parts(messages: AsyncIterator[pb.PushRequest]) -> AsyncIterator[Heade
     async for message in messages:
         part = message.WhichOneof("part")
         if part == "header":
-            yield Header(message.header.manifest, message.header.signature)
+            h = message.header
+            yield Header(h.manifest, h.signature, tuple(h.roots))
         elif part == "chunk":
             c = message.chunk
             yield Chunk(c.variant, c.offset, c.data)

@@ -196,8 +196,10 @@ def push(
     retries: int = 5,
     timeout: float = 3600.0,
     progress: Callable[[int, int], Callable[[int], None] | None] | None = None,
+    roots: Sequence[bytes] = (),
 ) -> Any:
-    """Push (resuming from Status) until the node has the version; returns the PushResponse."""
+    """Push (resuming from Status) until the node has the version; returns the PushResponse.
+    ``roots``: newer root documents the node moves to first (edged/update/root.py)."""
     import grpc
 
     from edged.api import updates_pb2 as pb
@@ -209,7 +211,9 @@ def push(
     uid = update_id(manifest)
     stub = pb_grpc.UpdatesStub(channel)
     total = sum(f.transfer.size for f in files)
-    header = pb.PushRequest(header=pb.PushHeader(manifest=manifest, signature=signature))
+    header = pb.PushRequest(
+        header=pb.PushHeader(manifest=manifest, signature=signature, roots=list(roots))
+    )
     retriable = {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.CANCELLED,

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edged.errors import EdgedError, ErrorCode, ManifestError, RejectedError, StoreError
@@ -38,6 +38,7 @@ from edged.store.store import ModelStore
 from edged.update import patch as patch_mod
 from edged.update.node.freshness import Freshness
 from edged.update.protocol import check_id, update_id
+from edged.update.root import RootError, RootOfTrust
 from edged.update.signing import TrustedKeys
 
 __all__ = ["FileState", "Update", "UpdateError", "UpdateReceiver", "update_id"]
@@ -269,9 +270,12 @@ class UpdateReceiver:
         trusted: TrustedKeys,
         retention_seconds: float = 7 * 86400,
         freshness: Freshness | None = None,
+        root: RootOfTrust | None = None,
     ) -> None:
         self.store = store
         self.trusted = trusted
+        # When set, the update keys come from it (edged/update/root.py), not from ``trusted``.
+        self.root_of_trust = root
         self.freshness = freshness or Freshness(
             store.state / "freshness.json", socket.gethostname().lower()
         )
@@ -306,11 +310,14 @@ class UpdateReceiver:
         except StoreError:
             return False
 
-    def begin(self, manifest_bytes: bytes, signature: bytes) -> Update | Manifest:
+    def begin(
+        self, manifest_bytes: bytes, signature: bytes, roots: Sequence[bytes] = ()
+    ) -> Update | Manifest:
         """Check a pushed header and hold its model; returns the Update to receive into (give it
         back with ``end``), or the Manifest when this exact version is already in the store
         (nothing left to do). Another update of the same model is refused until ``end``."""
-        self.trusted.verify(manifest_bytes, signature)
+        keys = self._with_roots(roots) if roots else self.keys()
+        keys.verify(manifest_bytes, signature)
         try:
             manifest = loads(manifest_bytes)
         except ManifestError as e:
@@ -346,6 +353,28 @@ class UpdateReceiver:
             update = Update(self.store, directory, manifest, applied=self.freshness.applied)
             self._live[manifest.name] = update
         return update
+
+    def keys(self) -> TrustedKeys:
+        """The keys a manifest must be signed by now."""
+        if self.root_of_trust is None:
+            return self.trusted
+        keys = self.root_of_trust.update_keys()
+        if not keys.keys:
+            raise RootError(
+                "the trusted root has expired (or none is provisioned): push a newer root "
+                "(edged root) before updates",
+                "root_expired",
+            )
+        return keys
+
+    def _with_roots(self, roots: Sequence[bytes]) -> TrustedKeys:
+        if self.root_of_trust is None:
+            raise RootError(
+                "the push carries root documents but this node has no [updates] root",
+                "bad_root",
+            )
+        self.root_of_trust.rotate(roots)
+        return self.keys()
 
     def end(self, update: Update) -> None:
         """Release the model; what was received stays for the next push."""
