@@ -300,6 +300,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fuzz", type=int, default=100_000)
     parser.add_argument("--kills", type=int, default=200, help="kill -9 trials of imports")
+    parser.add_argument(
+        "--reload-kills", type=int, default=0, help="kill -9 trials of reloads (default kills/5)"
+    )
     parser.add_argument("--abuse-seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "faults.json")
     args = parser.parse_args()
@@ -318,7 +321,7 @@ def main() -> int:
             daemon.stop()
         results["kill imports"] = kill_imports(work, args.kills)
         print(json.dumps(results["kill imports"]), flush=True)
-        results["kill reloads"] = kill_reloads(work, max(args.kills // 5, 1))
+        results["kill reloads"] = kill_reloads(work, args.reload_kills or max(args.kills // 5, 1))
         print(json.dumps(results["kill reloads"]), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
