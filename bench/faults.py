@@ -45,7 +45,7 @@ from edged.demo import build_demo  # noqa: E402
 from edged.store.store import ModelStore  # noqa: E402
 from tests.conftest import import_demo  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
-from tests.portfolios import mlp_family  # noqa: E402
+from tests.portfolios import mlp_family, store_problems  # noqa: E402
 
 DATATYPES = ["FP32", "FP16", "INT64", "INT8", "UINT8", "BOOL", "BYTES", "FP64", "BF16", "??"]
 MODELS = ["mlp", "cnn", "tinyllama", "nope", "", "../x"]
@@ -126,22 +126,6 @@ def fuzz(daemon: DaemonProcess, cases: int) -> dict[str, Any]:
     }
 
 
-def consistent(root: Path) -> bool:
-    import hashlib
-
-    store = ModelStore(root)
-    store.recover()
-    for manifest in store.iter_manifests():
-        for variant in manifest.variants:
-            path = store.blob_path(variant.sha256)
-            if (
-                not path.is_file()
-                or hashlib.sha256(path.read_bytes()).hexdigest() != variant.sha256
-            ):
-                return False
-    return not any(store.tmp.iterdir())
-
-
 def kill_imports(work: Path, trials: int) -> dict[str, Any]:
     src = mlp_family(work / "src", "killed", (256, 2048, 2048, 10), seed=2)
     root = work / "kstore"
@@ -155,7 +139,7 @@ def kill_imports(work: Path, trials: int) -> dict[str, Any]:
         time.sleep(rng.uniform(0.2, 1.4))  # start-up takes ~0.6 s, the copy ~1 s
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if not consistent(root) or ModelStore(root).versions("killed") not in ([], ["1"]):
+        if store_problems(root) or ModelStore(root).versions("killed") not in ([], ["1"]):
             broken += 1
         if ModelStore(root).versions("killed"):
             shutil.rmtree(root)
@@ -171,10 +155,8 @@ def kill_reloads(work: Path, trials: int) -> dict[str, Any]:
     try:
         for trial in range(trials):
             version = str(trial + 2)
-            directory = mlp_family(work / f"rsrc{version}", "m", (64, 256, 10), seed=trial)
-            manifest = directory / "manifest.json"
-            manifest.write_text(
-                manifest.read_text().replace('"version": "1"', f'"version": "{version}"')
+            directory = mlp_family(
+                work / f"rsrc{version}", "m", (64, 256, 10), seed=trial, version=version
             )
             store.import_dir(directory, activate=True)
             assert daemon.proc is not None
@@ -182,11 +164,7 @@ def kill_reloads(work: Path, trials: int) -> dict[str, Any]:
             time.sleep(rng.uniform(0.0, 3.0))
             daemon.kill()
             daemon.start()
-            if not all(
-                store.blob_path(v.sha256).is_file()
-                for m in store.iter_manifests()
-                for v in m.variants
-            ):
+            if store_problems(store.root, recover=False):
                 broken += 1
             with grpc.insecure_channel(daemon.unix_url) as channel:
                 request = pb.ModelInferRequest(model_name="m")

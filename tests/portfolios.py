@@ -97,7 +97,7 @@ class DeclaredMemory:
         self.held -= self.charge(variant)
 
 
-def mlp_family(out: Path, name: str, sizes: tuple[int, ...], seed: int) -> Path:
+def mlp_family(out: Path, name: str, sizes: tuple[int, ...], seed: int, version: str = "1") -> Path:
     """A model directory with fp32 and int8 variants of a seeded MLP, quality measured."""
     directory = out / name
     directory.mkdir(parents=True)
@@ -125,9 +125,30 @@ def mlp_family(out: Path, name: str, sizes: tuple[int, ...], seed: int) -> Path:
             }
         )
     (directory / "manifest.json").write_text(
-        json.dumps({"schema": 1, "name": name, "version": "1", "variants": variants})
+        json.dumps({"schema": 1, "name": name, "version": version, "variants": variants})
     )
     return directory
+
+
+def store_problems(root: Path, recover: bool = True) -> list[str]:
+    """What is wrong with a store after a crash: a registered version's blob missing or not
+    matching its digest, temporary files left once recovery ran. ``recover``: run the start-up
+    recovery first (not while a daemon runs on the store)."""
+    store = ModelStore(root)
+    if recover:
+        store.recover()
+    problems = []
+    for manifest in store.iter_manifests():
+        for variant in manifest.variants:
+            path = store.blob_path(variant.sha256)
+            where = f"{manifest.name} {manifest.version}/{variant.id}"
+            if not path.is_file():
+                problems.append(f"{where}: blob missing")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != variant.sha256:
+                problems.append(f"{where}: blob does not match its digest")
+    if recover:
+        problems += [f"left behind: {p.name}" for p in store.tmp.iterdir()]
+    return problems
 
 
 def quiet_system(work: Path) -> SystemMemory:

@@ -34,8 +34,33 @@ from edged.serving.quality import QualityService
 from edged.serving.repository import RepositoryService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
-_LE = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")  # as prometheus_client writes "le"
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Buckets:
+    """A histogram as plain numbers (Prometheus' inclusive "le" bounds, then +Inf): observed
+    for every answer on the event loop, read at scrape time."""
+
+    __slots__ = ("bounds", "counts", "le", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.le = (*(repr(float(b)) for b in bounds), "+Inf")  # as prometheus_client writes it
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, as Prometheus' "le" buckets are inclusive.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.le, list(self.counts), strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 class RequestMetrics:
@@ -43,13 +68,12 @@ class RequestMetrics:
     not prometheus_client objects (a lock and several calls each) but fields that the scrape
     reads (``_RequestCollector``). Only the event loop writes them."""
 
-    __slots__ = ("buckets", "by_version", "seconds_sum")
+    __slots__ = ("by_version", "latency")
 
     def __init__(self) -> None:
         # [ok, error] per version that answered ("" when the request failed before one did).
         self.by_version: dict[str, list[int]] = {}
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.seconds_sum = 0.0
+        self.latency = Buckets(LATENCY_BUCKETS)
 
     def record(self, ok: bool, seconds: float, version: str = "") -> None:
         """A finished request; the latency histogram counts successful ones."""
@@ -58,9 +82,7 @@ class RequestMetrics:
             counts = self.by_version[version] = [0, 0]
         if ok:
             counts[0] += 1
-            # bisect_left: the first bound >= seconds, as Prometheus' "le" buckets are inclusive.
-            self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self.seconds_sum += seconds
+            self.latency.observe(seconds)
         else:
             counts[1] += 1
 
@@ -84,30 +106,6 @@ _MEASURES = (
         "1: no idea), by model and variant",
     ),
 )
-
-
-class Buckets:
-    """A histogram as plain numbers (Prometheus' inclusive "le" bounds, then +Inf): observed
-    for every answer on the event loop, read at scrape time."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), list(self.counts), strict=True):
-            running += count
-            out.append((bound, running))
-        return out
 
 
 class Metrics:
@@ -379,11 +377,7 @@ class _RequestCollector(Collector):
             for version, (ok, error) in sorted(list(counts.by_version.items())):
                 requests.add_metric([model, version, "ok"], ok)
                 requests.add_metric([model, version, "error"], error)
-            cumulative, buckets = 0, []
-            for bound, count in zip(_LE, list(counts.buckets), strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            seconds.add_metric([model], buckets, counts.seconds_sum)
+            seconds.add_metric([model], counts.latency.cumulative(), counts.latency.total)
         yield requests
         yield seconds
         yield SummaryMetricFamily(

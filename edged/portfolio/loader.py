@@ -28,7 +28,7 @@ from edged.runtime.base import LoadStats, Runtime
 from edged.runtime.cascade import CascadeRuntime
 from edged.store.check import CorruptBlobError, verify_blob
 from edged.store.lineage import output_kinds
-from edged.store.manifest import CASCADE, Manifest, Variant
+from edged.store.manifest import CASCADE, Manifest, Variant, files_of
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +106,8 @@ class Loader:
         path = self.path_of(variant)
         meter = self.meter
 
-        formats = (
-            {manifest.variant(s).format for s in variant.options["stages"]}
-            if variant.format == CASCADE
-            else {variant.format}
-        )
-
-        files = (
-            [manifest.variant(s) for s in variant.options["stages"]]
-            if variant.format == CASCADE
-            else [variant]
-        )
+        files = files_of(variant)
+        formats = {part.format for part in files}
 
         def work() -> tuple[Runtime, LoadStats]:
             # Bit rot is found before a runtime reads the file: a damaged blob is never served.
@@ -173,7 +164,7 @@ class Loader:
         if variant.format != CASCADE:
             return open_runtime(variant.format, path, variant.options)
         # A cascade: its stages' files, opened here together (one load, one measurement).
-        stages = [manifest.variant(s) for s in variant.options["stages"]]
+        stages = files_of(variant)
         runtimes: list[Runtime] = []
         try:
             for stage in stages:

@@ -49,7 +49,7 @@ from edged.portfolio.verdicts import Prober, SubprocessProber, Verdict, Verdicts
 from edged.runtime.probe import ProbeResult
 from edged.settings import Settings
 from edged.store.check import CorruptBlobError
-from edged.store.manifest import CASCADE, Manifest, Variant
+from edged.store.manifest import Manifest, Variant, files_of
 from edged.store.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -500,12 +500,7 @@ class Portfolio:
                 manifest, variant, self.costs.floor(variant), background=preload
             )
         except CorruptBlobError as exc:
-            stages = (
-                [manifest.variant(s) for s in variant.options["stages"]]
-                if variant.format == CASCADE
-                else [variant]
-            )
-            for part in stages:
+            for part in files_of(variant):
                 if part.sha256 == exc.digest:
                     self.verdicts.corrupt(part, exc.message)
             self.refresh()

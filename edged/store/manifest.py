@@ -164,6 +164,14 @@ class Manifest:
         return json.dumps(self.raw, indent=2, sort_keys=True) + "\n"
 
 
+def files_of(variant: Variant) -> tuple[Variant, ...]:
+    """The variants whose files loading ``variant`` reads: a cascade's stages, else itself."""
+    if variant.format == CASCADE:
+        stages: tuple[Variant, ...] = variant.options["stage_variants"]
+        return stages
+    return (variant,)
+
+
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in obj:
         raise ManifestError(f"{where}{key}: missing")

@@ -281,14 +281,22 @@ def infer_response(
     return response
 
 
+def datatype_of(array: Array) -> str:
+    """The protocol's datatype of an output array (text and objects are BYTES)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "BYTES"
+    return NUMPY_TO_DATATYPE[array.dtype]
+
+
 def encode_output(array: Array) -> tuple[str, Any, int]:
     """An output's (datatype, raw contents, their size): BYTES elements length-prefixed, any
     other array its memory in C order whatever its layout (a contiguous array, not yet copied)."""
-    if array.dtype == object or array.dtype.kind in "SU":
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
         payload = serialize_bytes(array)
         return "BYTES", payload, len(payload)
     contiguous = np.ascontiguousarray(array)
-    return NUMPY_TO_DATATYPE[array.dtype], contiguous, contiguous.nbytes
+    return datatype, contiguous, contiguous.nbytes
 
 
 @functools.lru_cache(maxsize=1024)

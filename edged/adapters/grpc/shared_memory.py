@@ -25,7 +25,6 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,10 +272,6 @@ class SystemRegions:
             self.regions.clear()
         for region in regions:
             self._release(region, closing=True)
-
-    def __iter__(self) -> Iterator[Region]:
-        with self._lock:
-            return iter(list(self.regions.values()))
 
 
 def _open_object(path: Path, key: str, name: str) -> int:

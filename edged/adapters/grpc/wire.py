@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from edged.adapters.grpc.convert import encode_output, response_head
+from edged.adapters.grpc.convert import datatype_of, encode_output, response_head
 from edged.api import inference_pb2 as pb
 from edged.errors import InvalidInputError
-from edged.tensors import NUMPY_TO_DATATYPE, Array, GenerationParams
+from edged.tensors import Array, GenerationParams
 
 # Field tags (field number << 3 | wire type 2) of ModelInferRequest / ModelInferResponse.
 _REQUEST_NAME = 0x0A  # model_name = 1
@@ -200,7 +200,7 @@ def infer_response(
     payloads: list[Any] = []
     for name, array in outputs:
         if name in in_shared_memory:
-            parts.append(_output(name, _datatype(array), array.shape))
+            parts.append(_output(name, datatype_of(array), array.shape))
             payloads += (_RAW_OUTPUT, b"\x00")
             continue
         # Joined straight from the array's memory: the one copy is into the reply.
@@ -208,12 +208,6 @@ def infer_response(
         parts.append(_output(name, datatype, array.shape))
         payloads += (_RAW_OUTPUT, varint(size), payload)
     return b"".join(parts + payloads)
-
-
-def _datatype(array: Array) -> str:
-    if array.dtype == object or array.dtype.kind in "SU":
-        return "BYTES"
-    return NUMPY_TO_DATATYPE[array.dtype]
 
 
 @functools.lru_cache(maxsize=1024)
