@@ -32,7 +32,7 @@ from edged.portfolio.portfolio import Portfolio
 from edged.portfolio.preloader import Preloader
 from edged.quality.monitor import QualityMonitor
 from edged.runtime import warm_runtimes
-from edged.runtime.memory import limit_malloc_arenas
+from edged.runtime.memory import freeze_startup_objects, limit_malloc_arenas
 from edged.serving import Serving
 from edged.serving.updates import UpdateService
 from edged.settings import Settings
@@ -195,6 +195,7 @@ class Daemon:
             scheduler.add_job(
                 job, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
             )
+        freeze_startup_objects()
         try:
             await portfolio.tick()
             scheduler.start()

@@ -162,20 +162,24 @@ def gguf_llama(
     n_layer: int = N_LAYER,
     name: str = "edged-demo-llama",
     dtype: Any = np.float16,
+    words: tuple[str, ...] = (),
 ) -> None:
     """A llama-architecture GGUF with a byte-level vocabulary and random f16 weights.
 
     Output rows of all but printable ASCII tokens are zero, so greedy generation emits readable
-    text (and never end-of-sequence), which makes streaming visible.
+    text (and never end-of-sequence), which makes streaming visible. ``words``: SentencePiece
+    pieces ("\u2581the") added after the bytes, never generated (tests of detokenizing).
     """
     import gguf
 
     rng = np.random.default_rng(seed + 2)
     tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    tokens += [word.encode() for word in words]
     n_vocab = len(tokens)
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [
         gguf.TokenType.BYTE
     ] * 256
+    types += [gguf.TokenType.NORMAL] * len(words)
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)

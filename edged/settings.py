@@ -186,6 +186,11 @@ class ServerSettings(Section):
         64 * 2**20, description="largest request or response (at most 2 GiB - 1)"
     )
     workers: Count = Field(4, description="threads that run inference")
+    generation_nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        10,
+        description="nice of the threads that generate text (0..19): long generations yield "
+        "the CPU to short requests when both want it",
+    )
     max_inflight_bytes: Size = Field(
         256 * 2**20,
         description="bytes of large requests (>= 1 MiB) held at once; more: RESOURCE_EXHAUSTED",

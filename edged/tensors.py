@@ -83,3 +83,9 @@ def example_inputs(specs: tuple[TensorSpec, ...]) -> dict[str, Array]:
         else:
             out[spec.name] = np.zeros(shape, dtype=dtype)
     return out
+
+
+def short_shape(shape: tuple[int, ...]) -> str:
+    """A shape for an error message, cut short (a hostile one may have 64 huge dimensions)."""
+    text = str(list(shape))
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -10,8 +10,10 @@ finds every context busy waits for one, in arrival order.
 
 from __future__ import annotations
 
+import array
 import codecs
 import contextlib
+import itertools
 import queue
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +29,60 @@ TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
 EMBEDDING_OUTPUT = "embedding"
 MAX_CONTEXTS = 16
+
+
+class Pieces:
+    """Every token's text as llama-cpp-python's detokenize gives it (special tokens render
+    empty), read once at load: generation looks each new token up instead of asking the
+    library, whose detokenize makes one ctypes call per token of the list it is given. Kept as
+    one bytes object and offsets (a vocabulary of 150,000 pieces is about 1 MB, not 6)."""
+
+    def __init__(self, llm: Any) -> None:
+        import ctypes
+
+        from llama_cpp import llama_cpp
+
+        vocab = llm._model.vocab
+        size = 256
+        buffer = ctypes.create_string_buffer(size)
+        chunks: list[bytes] = []
+        offsets = [0]
+        for token in range(llm.n_vocab()):
+            n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+            if n < 0:  # longer than the buffer: -n is what it needs
+                size = -n
+                buffer = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+            chunks.append(buffer.raw[: max(n, 0)])
+            offsets.append(offsets[-1] + max(n, 0))
+        self._text = b"".join(chunks)
+        self._offsets = array.array("q", offsets)
+        self.longest = max((b - a for a, b in itertools.pairwise(offsets)), default=1)
+        self._bos = llm.token_bos()
+
+    def piece(self, token: int) -> bytes:
+        offsets = self._offsets
+        return self._text[offsets[token] : offsets[token + 1]]
+
+    def joiner(self) -> Callable[[int], bytes]:
+        """A function of each next token giving the bytes it adds to the detokenized text of
+        the tokens so far. detokenize drops the text's leading space when the tokens start with
+        BOS (which renders empty): the first non-empty piece after a leading BOS loses it."""
+        text, offsets, bos = self._text, self._offsets, self._bos
+        state = [True, False]  # at the start; a leading space is owed
+
+        def add(token: int) -> bytes:
+            data = text[offsets[token] : offsets[token + 1]]
+            if state[0]:
+                state[0] = False
+                state[1] = token == bos
+            if state[1] and data:
+                state[1] = False
+                if data.startswith(b" "):
+                    return data[1:]
+            return data
+
+        return add
 
 
 class LlamaRuntime:
@@ -68,9 +124,9 @@ class LlamaRuntime:
         # A prompt longer than this many bytes cannot fit in the context whatever it says (no
         # token is longer than the vocabulary's longest piece): refused before tokenizing,
         # which is quadratic in llama.cpp (a 128 KiB prompt took 2.6 s).
-        longest = max((len(first.detokenize([t])) for t in range(first.n_vocab())), default=1)
+        self._pieces = Pieces(first)
         self.max_prompt_bytes = int(
-            options.get("max_prompt_bytes", (self.max_prompt_tokens) * max(longest, 1))
+            options.get("max_prompt_bytes", self.max_prompt_tokens * max(self._pieces.longest, 1))
         )
         self.generative = not self._embedding
         self.inputs: tuple[TensorSpec, ...] = (TensorSpec(TEXT_INPUT, "BYTES", (1,)),)
@@ -125,11 +181,11 @@ class LlamaRuntime:
                 )
             vocab, n_vocab = llm._model.vocab, llm.n_vocab()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            produced: list[int] = []
-            emitted = 0
-            for token in llm.generate(
+            piece = self._pieces.joiner()
+            tokens = llm.generate(
                 prompt_tokens, top_k=40, top_p=0.95, min_p=0.05, temp=params.temperature
-            ):
+            )
+            for produced, token in enumerate(tokens, start=1):
                 if should_stop() or llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
                 if logprobs is not None:
@@ -140,16 +196,13 @@ class LlamaRuntime:
                     logprobs.append(
                         float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
                     )
-                produced.append(token)
-                data = llm.detokenize(produced, prev_tokens=prompt_tokens)
-                text = decoder.decode(data[emitted:])
-                emitted = len(data)
+                # The bytes detokenize(all tokens so far) adds for this one, without
+                # detokenizing them all again (that made a generation quadratic in its
+                # length, and held the GIL for most of it).
+                text = decoder.decode(piece(token))
                 if text:
                     yield text
-                if (
-                    len(produced) >= params.max_tokens
-                    or len(prompt_tokens) + len(produced) >= n_ctx
-                ):
+                if produced >= params.max_tokens or len(prompt_tokens) + produced >= n_ctx:
                     break
             tail = decoder.decode(b"", final=True)
             if tail:

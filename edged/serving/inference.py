@@ -9,8 +9,10 @@ lease released when the answer (or the last chunk of a stream) is out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
+import os
 import random
 import threading
 import time
@@ -33,6 +35,7 @@ from edged.tensors import (
     GenerationParams,
     TensorSpec,
     prompt_text,
+    short_shape,
 )
 
 _END = object()
@@ -70,32 +73,49 @@ def _matches(spec: TensorSpec, array: Array | None) -> bool:
 
 def _explain_mismatch(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
     """Raise the error that names what is wrong (only called when something is)."""
+    check_declared(
+        model,
+        specs,
+        {
+            name: (
+                "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?"),
+                array.shape,
+            )
+            for name, array in inputs.items()
+        },
+    )
+
+
+def check_declared(
+    model: str, specs: Sequence[TensorSpec], declared: Mapping[str, tuple[str, tuple[int, ...]]]
+) -> None:
+    """Input tensors as a request declares them, name -> (datatype, shape), against the
+    model's signature: InvalidInputError naming the first thing that does not fit."""
     expected = {s.name for s in specs}
     for spec in specs:
-        if spec.name not in inputs:
-            got = ", ".join(repr(n) for n in inputs) or "none"
+        if spec.name not in declared:
+            got = ", ".join(repr(n) for n in declared) or "none"
             raise InvalidInputError(
                 f"missing input tensor {spec.name!r} for model {model!r} (got {got})"
             )
-    for name in inputs:
+    for name in declared:
         if name not in expected:
             raise InvalidInputError(
                 f"unexpected input tensor {name!r}: model {model!r} takes "
                 f"{', '.join(sorted(expected))}"
             )
     for spec in specs:
-        array = inputs[spec.name]
-        datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?")
+        datatype, shape = declared[spec.name]
         if datatype != spec.datatype:
             raise InvalidInputError(
                 f"input tensor {spec.name!r}: datatype {datatype} does not match the model's "
                 f"{spec.datatype}"
             )
-        if len(array.shape) != len(spec.shape) or any(
-            want >= 0 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+        if len(shape) != len(spec.shape) or any(
+            want >= 0 and want != got for want, got in zip(spec.shape, shape, strict=True)
         ):
             raise InvalidInputError(
-                f"input tensor {spec.name!r}: shape {list(array.shape)} does not match the "
+                f"input tensor {spec.name!r}: shape {short_shape(shape)} does not match the "
                 f"model's {list(spec.shape)} (-1 is any size)"
             )
 
@@ -145,6 +165,15 @@ class InferenceService:
         self.portfolio = portfolio
         self.events = events
         self.pool = ThreadPoolExecutor(workers, "edged-infer")
+        # Generation has threads of its own, below the request path's priority: a generation
+        # takes a core for seconds, and on a two-core device the event loop and the other
+        # models' requests would wait for the scheduler behind it (docs/reliability.md).
+        self.generation_pool = ThreadPoolExecutor(
+            workers,
+            "edged-generate",
+            initializer=_lower_priority,
+            initargs=(portfolio.settings.server.generation_nice,),
+        )
         self.quality = quality or QualityMonitor(portfolio.settings.quality, None, events)
         self._random = random.Random(0).random
         self._trimmed = 0.0
@@ -165,6 +194,16 @@ class InferenceService:
             )
         self.inflight_bytes += size
         self.portfolio.budget.reserved[INFLIGHT_KEY] = self.inflight_bytes
+
+    def signature(self, model: str, version: str) -> Sequence[TensorSpec] | None:
+        """The input tensors a request for ``model`` must carry when its serving variant is
+        resident (and ``version`` is empty or the serving one), else None. Only reads: the
+        request screen calls it from a worker thread."""
+        slot = self.portfolio.slots.get(model)
+        if slot is None or (version and version != slot.version):
+            return None
+        handle = slot.current()
+        return None if handle is None else handle.runtime.inputs
 
     def release_bytes(self, size: int) -> None:
         self.inflight_bytes -= size
@@ -480,7 +519,7 @@ class InferenceService:
                     loop.call_soon_threadsafe(generated)
 
         try:
-            future = loop.run_in_executor(self.pool, work)
+            future = loop.run_in_executor(self.generation_pool, work)
         except BaseException:
             if gate is not None:
                 gate.release()
@@ -515,6 +554,16 @@ class InferenceService:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.generation_pool.shutdown(wait=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Set this thread's nice (Linux: per thread) to ``nice`` above the process's. Once
+    lowered it is never raised again (that needs CAP_SYS_NICE): these threads only generate."""
+    if nice:
+        with contextlib.suppress(OSError, AttributeError):
+            base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(base + nice, 19))
 
 
 def _queue_full(model: str, handle: Handle) -> EdgedError:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, demo_src: Path) -> Iterator[DaemonProcess]:
     root = import_demo(tmp_path_factory.mktemp("isolation") / "store", demo_src)
-    daemon = DaemonProcess(root, server__workers=2).start()
+    daemon = DaemonProcess(root, server__workers=2, server__generation_nice=7).start()
     yield daemon
     daemon.stop()
 
@@ -121,3 +121,31 @@ def test_a_paused_stream_does_not_wedge_an_evict(daemon: DaemonProcess) -> None:
     assert set(times) == {"unload", "load"}, times
     assert times["load"] < 20, times
     assert times["unload"] < 45, times
+
+
+def _nice_levels(pid: int) -> dict[int, int]:
+    """Each thread's nice, from /proc (field 19 of stat, after the command's parentheses)."""
+    levels = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            levels[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return levels
+
+
+def test_generation_runs_below_the_request_path(daemon: DaemonProcess) -> None:
+    """Generation has threads of its own at server.generation_nice (7 here) above the daemon's:
+    a generation that keeps a core busy gives it up to short requests. The event loop and the
+    inference workers stay at the daemon's nice."""
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    with grpc.insecure_channel(daemon.unix_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(_cnn(), timeout=60)
+        answer = stub.ModelInfer(_generate(b"nice", 16), timeout=60)
+        assert answer.outputs[0].name == "text_output"
+    levels = _nice_levels(pid)
+    assert levels[pid] == 0  # the event loop's thread
+    assert 7 in levels.values()  # a generation thread
+    assert sum(1 for nice in levels.values() if nice == 0) >= 3  # the loop, gRPC, inference

@@ -16,7 +16,13 @@ import numpy as np
 
 from edged.api import inference_pb2 as pb
 from edged.errors import InvalidInputError
-from edged.tensors import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, Array, GenerationParams
+from edged.tensors import (
+    DATATYPE_TO_NUMPY,
+    NUMPY_TO_DATATYPE,
+    Array,
+    GenerationParams,
+    short_shape,
+)
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -42,7 +48,7 @@ MAX_ELEMENTS = 1 << 40
 MAX_BYTES_ELEMENTS = 1 << 20
 _LEN = struct.Struct("<I")
 # numpy dtypes resolved once: the request path must not build them per tensor.
-_DTYPES = {name: np.dtype(t) for name, t in DATATYPE_TO_NUMPY.items()}
+_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(t) for name, t in DATATYPE_TO_NUMPY.items()}
 
 
 def deserialize_bytes(data: bytes, count: int, name: str) -> Array:
@@ -95,12 +101,7 @@ def decode_inputs(
         name = tensor.name
         if name in arrays:
             raise InvalidInputError(f"input tensor {name!r} appears twice")
-        dtype = _DTYPES.get(tensor.datatype)
-        if dtype is None:
-            raise InvalidInputError(
-                f"input tensor {name!r}: unknown datatype {tensor.datatype!r} "
-                f"(expected one of {', '.join(DATATYPE_TO_NUMPY)})"
-            )
+        dtype = dtype_of(name, tensor.datatype)
         shape = tuple(tensor.shape)
         count = check_shape(name, shape, tensor.datatype)
         if shared is not None:
@@ -126,6 +127,34 @@ def decode_inputs(
     return arrays
 
 
+def dtype_of(name: str, datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of a tensor's declared datatype, or InvalidInputError naming both."""
+    dtype = _DTYPES.get(datatype)
+    if dtype is None:
+        raise InvalidInputError(
+            f"input tensor {name!r}: unknown datatype {datatype!r} "
+            f"(expected one of {', '.join(DATATYPE_TO_NUMPY)})"
+        )
+    return dtype
+
+
+def contents_field(name: str, datatype: str) -> str:
+    """The InferTensorContents field that carries ``datatype``, or InvalidInputError."""
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"input tensor {name!r}: {datatype} data must be sent in raw_input_contents"
+        )
+    return field
+
+
+def wrong_contents(name: str, datatype: str, sent: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"input tensor {name!r}: {datatype} data goes in contents.{_CONTENTS_FIELD[datatype]} "
+        f"(or raw_input_contents), the request has contents.{sent}"
+    )
+
+
 def check_shape(name: str, shape: tuple[int, ...], datatype: str) -> int:
     """The element count of a tensor's declared shape, or InvalidInputError naming the tensor."""
     if len(shape) > MAX_DIMS:
@@ -133,10 +162,12 @@ def check_shape(name: str, shape: tuple[int, ...], datatype: str) -> int:
             f"input tensor {name!r}: {len(shape)} dimensions, at most {MAX_DIMS} are accepted"
         )
     if shape and min(shape) < 0:
-        raise InvalidInputError(f"input tensor {name!r}: negative dimension in {_short(shape)}")
+        raise InvalidInputError(
+            f"input tensor {name!r}: negative dimension in {short_shape(shape)}"
+        )
     if any(d > MAX_ELEMENTS for d in shape) or math.prod(d for d in shape if d) > MAX_ELEMENTS:
         raise InvalidInputError(
-            f"input tensor {name!r}: shape {_short(shape)} is larger than any request can hold"
+            f"input tensor {name!r}: shape {short_shape(shape)} is larger than any request can hold"
         )
     count = math.prod(shape)
     if datatype == "BYTES" and count > MAX_BYTES_ELEMENTS:
@@ -145,11 +176,6 @@ def check_shape(name: str, shape: tuple[int, ...], datatype: str) -> int:
             "accepted per tensor"
         )
     return count
-
-
-def _short(shape: tuple[int, ...]) -> str:
-    text = str(list(shape))
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _from_raw(
@@ -170,23 +196,16 @@ def _from_raw(
 def _from_contents(
     tensor: pb.ModelInferRequest.InferInputTensor, dtype: Any, shape: tuple[int, ...], count: int
 ) -> Array:
-    field = _CONTENTS_FIELD.get(tensor.datatype)
-    if field is None:
-        raise InvalidInputError(
-            f"input tensor {tensor.name!r}: {tensor.datatype} data must be sent in "
-            "raw_input_contents"
-        )
+    field = contents_field(tensor.name, tensor.datatype)
+    # Contents hold the datatype's field only (screen.py refuses others before parsing).
+    for descriptor, _ in tensor.contents.ListFields():
+        if descriptor.name != field:
+            raise wrong_contents(tensor.name, tensor.datatype, descriptor.name)
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        others = [
-            f
-            for f in set(_CONTENTS_FIELD.values())
-            if f != field and len(getattr(tensor.contents, f))
-        ]
-        sent = f"; the data came in contents.{others[0]}" if others else ""
         raise InvalidInputError(
-            f"input tensor {tensor.name!r}: shape {_short(shape)} holds {count} elements, "
-            f"got {len(values)} in contents.{field}{sent}"
+            f"input tensor {tensor.name!r}: shape {short_shape(shape)} holds {count} elements, "
+            f"got {len(values)} in contents.{field}"
         )
     if tensor.datatype == "BYTES":
         return np.array(list(values), dtype=object).reshape(shape)

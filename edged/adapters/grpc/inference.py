@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 import edged
-from edged.adapters.grpc import convert, shared_memory, wire
+from edged.adapters.grpc import convert, screen, shared_memory, wire
 from edged.adapters.grpc.access import Access
 from edged.adapters.grpc.status import abort, bounded, mapped_errors
 from edged.api import inference_pb2 as pb
@@ -106,7 +106,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 # A large body is parsed and split into tensors on a worker thread: the event
                 # loop never runs work that grows with a request's size.
                 size = len(body)
-                request = await _off_loop_if_large(size, wire.parse_request, body)
+                request = await _off_loop_if_large(size, self._parse, body)
                 model, request_id = request.model_name, request.id
                 if shared_memory.uses_shared_memory(request):
                     reply, version = await self._infer_shared(request, context)
@@ -147,6 +147,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self.inference.release_bytes(admitted)
             if body is not None and len(body) >= TRIM_AFTER_BYTES:
                 self.inference.after_large_request()
+
+    def _parse(self, body: bytes) -> pb.ModelInferRequest:
+        if len(body) >= screen.SCREEN_BYTES:
+            screen.screen(body, self.inference.signature)
+        return wire.parse_request(body)
 
     async def _infer_shared(
         self, request: pb.ModelInferRequest, context: Context

@@ -1,0 +1,262 @@
+"""A large ModelInferRequest screened on the wire, before protobuf parses it.
+
+Why: the protobuf parser (upb, in C) holds the GIL for the whole parse, and its cost grows with
+the number of entries in the message, not its bytes: a 6 MB request of 3M empty
+``bytes_contents`` entries to an FP32 model takes ~70 ms to parse and is refused afterwards, and
+every other request, of every model, waits those 70 ms for the GIL (issue 17's bystander).
+Reading the request's structure in Python costs a few microseconds per field and there are few
+fields that matter: the top-level ones (model, tensors, raw contents, outputs, parameters), each
+input tensor's header, and the first entries of its contents. From them the screen refuses what
+the parser's path would refuse anyway, with the same kind of message:
+
+- more than MAX_FIELDS top-level fields (a request is a handful: tensors, outputs, parameters);
+- an input tensor with an unknown datatype or a shape check_shape refuses;
+- contents in a field other than the datatype's (bytes_contents for an FP32 tensor), or
+  contents for a datatype that only travels raw (FP16, BF16);
+- contents too long for the elements the shape declares (a number takes at most 12 bytes on
+  the wire, so an FP32 tensor of 100 elements in 6 MB holds more than its shape says), and
+  BYTES contents with more entries than the shape's elements (counted only when their bytes
+  allow many more entries than elements, and only up to one more than the count);
+- when the model is resident, an input tensor the model lacks, or a datatype or shape it does
+  not accept (serving.inference.check_declared, the parsed path's own check).
+
+What the screen cannot decide it leaves to the parser, which stays the reference: a malformed
+message returns here unscreened and the parser names its fault. Only requests of SCREEN_BYTES or
+more are screened; below that a parse costs well under a millisecond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from edged.adapters.grpc.convert import (
+    check_shape,
+    contents_field,
+    dtype_of,
+    wrong_contents,
+)
+from edged.errors import InvalidInputError
+from edged.serving.inference import check_declared
+from edged.tensors import TensorSpec, short_shape
+
+SCREEN_BYTES = 64 << 10
+# Top-level fields of one request: every tensor, raw entry, requested output and parameter is
+# one; no model takes thousands of tensors.
+MAX_FIELDS = 4096
+# Fields of one input tensor read (name, datatype, shape, parameters, contents): a tensor with
+# more is left to the parser.
+MAX_TENSOR_FIELDS = 256
+# Entries of a tensor's contents read to see which fields it uses.
+CONTENTS_ENTRIES_READ = 64
+# BYTES contents this large, with room for many more entries than elements, have their entries
+# counted (in Python, which lets other threads run; under it a parse costs ~10 ms at most).
+WALK_BYTES = 1 << 20
+# At most this many bytes per element in numeric contents: a 10-byte varint, its tag, and a
+# chunk header shared by at least one element.
+MAX_NUMBER_BYTES = 12
+
+_FIELD_NAMES = {
+    1: "bool_contents",
+    2: "int_contents",
+    3: "int64_contents",
+    4: "uint_contents",
+    5: "uint64_contents",
+    6: "fp32_contents",
+    7: "fp64_contents",
+    8: "bytes_contents",
+}
+
+SignatureOf = Callable[[str, str], Sequence[TensorSpec] | None]
+
+
+class _MalformedError(Exception):
+    """The bytes are not a well-formed message: let the parser say why."""
+
+
+def screen(body: bytes, signature_of: SignatureOf) -> None:
+    """Raise InvalidInputError for what the parsed path would refuse; return when the request
+    may be parsed. ``signature_of(model, version)``: the resident model's input tensors, or None
+    when the screen should not judge them (not resident, another version asked)."""
+    try:
+        model, version, tensors = _top_level(body)
+    except _MalformedError:
+        return
+    declared: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, datatype, shape, contents in tensors:
+        dtype_of(name, datatype)
+        count = check_shape(name, shape, datatype)
+        if contents:
+            _check_contents(body, name, datatype, count, shape, contents)
+        declared.setdefault(name, (datatype, shape))
+    if len(declared) != len(tensors):
+        return  # the same name twice: decode_inputs names it
+    specs = signature_of(model, version)
+    if specs is not None:
+        check_declared(model, specs, declared)
+
+
+# name, datatype, shape, the spans of its contents (a message field sent twice is merged)
+_Tensor = tuple[str, str, tuple[int, ...], list[tuple[int, int]]]
+
+
+def _top_level(body: bytes) -> tuple[str, str, list[_Tensor]]:
+    model = version = ""
+    tensors: list[_Tensor] = []
+    pos, end, fields = 0, len(body), 0
+    while pos < end:
+        fields += 1
+        if fields > MAX_FIELDS:
+            raise InvalidInputError(
+                f"the request has more than {MAX_FIELDS} fields (input tensors, raw contents, "
+                "requested outputs and parameters)"
+            )
+        number, wire, pos = _tag(body, pos)
+        if wire != 2:
+            pos = _skip(body, pos, wire)
+            continue
+        length, pos = _varint(body, pos)
+        stop = pos + length
+        if stop > end:
+            raise _MalformedError
+        if number == 1:
+            model = _text(body, pos, stop)
+        elif number == 2:
+            version = _text(body, pos, stop)
+        elif number == 5:
+            tensors.append(_tensor(body, pos, stop))
+        pos = stop
+    return model, version, tensors
+
+
+def _tensor(body: bytes, pos: int, end: int) -> _Tensor:
+    name = datatype = ""
+    shape: list[int] = []
+    contents: list[tuple[int, int]] = []
+    for _ in range(MAX_TENSOR_FIELDS):
+        if pos >= end:
+            break
+        number, wire, pos = _tag(body, pos)
+        if number == 3 and wire == 0:  # one dimension, unpacked
+            value, pos = _varint(body, pos)
+            shape.append(_int64(value))
+            continue
+        if wire != 2:
+            pos = _skip(body, pos, wire)
+            continue
+        length, pos = _varint(body, pos)
+        stop = pos + length
+        if stop > end:
+            raise _MalformedError
+        if number == 1:
+            name = _text(body, pos, stop)
+        elif number == 2:
+            datatype = _text(body, pos, stop)
+        elif number == 3:  # packed dimensions; past the limit check_shape refuses anyway
+            while pos < stop and len(shape) <= 64:
+                value, pos = _varint(body, pos)
+                shape.append(_int64(value))
+        elif number == 5:
+            contents.append((pos, stop))
+        pos = stop
+    else:
+        if pos < end:
+            raise InvalidInputError(
+                f"input tensor {name!r}: more than {MAX_TENSOR_FIELDS} fields (parameters, "
+                "dimensions)"
+            )
+    return name, datatype, tuple(shape), contents
+
+
+def _check_contents(
+    body: bytes,
+    name: str,
+    datatype: str,
+    count: int,
+    shape: tuple[int, ...],
+    spans: list[tuple[int, int]],
+) -> None:
+    field = contents_field(name, datatype)
+    size = 0
+    for start, end in spans:
+        size += end - start
+        pos = start
+        for _ in range(CONTENTS_ENTRIES_READ):
+            if pos >= end:
+                break
+            pos = _entry(body, pos, name, datatype, field)
+    if not size:
+        return
+    if field != "bytes_contents":
+        if size > MAX_NUMBER_BYTES * count + 16:
+            raise InvalidInputError(
+                f"input tensor {name!r}: shape {short_shape(shape)} holds {count} elements, "
+                f"contents.{field} has more ({size} bytes)"
+            )
+    elif size > 16 * count + 64 and size >= WALK_BYTES:
+        # Every entry takes 2 bytes or more: bytes this many could hold far more entries than
+        # elements, each of which the parser would build. Count them, up to one too many.
+        entries = 0
+        for start, end in spans:
+            pos = start
+            while pos < end:
+                entries += 1
+                if entries > count:
+                    raise InvalidInputError(
+                        f"input tensor {name!r}: shape {short_shape(shape)} holds {count} "
+                        f"elements, contents.{field} has more"
+                    )
+                pos = _entry(body, pos, name, datatype, field)
+
+
+def _entry(body: bytes, pos: int, name: str, datatype: str, field: str) -> int:
+    """The position after the contents entry at ``pos``, which must be of ``field``."""
+    number, wire, pos = _tag(body, pos)
+    sent = _FIELD_NAMES.get(number, f"field {number}")
+    if sent != field:
+        raise wrong_contents(name, datatype, sent)
+    return _skip(body, pos, wire)
+
+
+def _varint(body: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(body) or shift > 63:
+            raise _MalformedError
+        byte = body[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _tag(body: bytes, pos: int) -> tuple[int, int, int]:
+    tag, pos = _varint(body, pos)
+    if tag >> 3 == 0:
+        raise _MalformedError
+    return tag >> 3, tag & 7, pos
+
+
+def _skip(body: bytes, pos: int, wire: int) -> int:
+    if wire == 0:
+        return _varint(body, pos)[1]
+    if wire == 1:
+        pos += 8
+    elif wire == 5:
+        pos += 4
+    elif wire == 2:
+        length, pos = _varint(body, pos)
+        pos += length
+    else:
+        raise _MalformedError  # groups (deprecated) and invalid wire types
+    if pos > len(body):
+        raise _MalformedError
+    return pos
+
+
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _text(body: bytes, start: int, stop: int) -> str:
+    return body[start:stop].decode("utf-8", "replace")
