@@ -10,7 +10,9 @@ instants of imports and reloads, and a bystander model's latency while others ab
    versions only and (for the daemon) a committed version must serve after restart.
 3. Bystander: the tiny ``mlp`` model's p99 under steady load, then while (a) 512 KiB prompts and
    long generations are abandoned, (b) a client pauses a stream while the model is evicted and
-   loaded, (c) large requests are refused. Ratio to the steady p99.
+   loaded, (c) large requests are refused. Ratio to the steady p99. The same phases against
+   bench/minimal_peer.py (the least a one-process Python server can do for this traffic),
+   interleaved with edged's: the bound a bystander in such a process can reach.
 
     .venv/bin/python bench/faults.py [--fuzz 100000] [--kills 200]
 """
@@ -232,15 +234,15 @@ def _bystander(url: str, stop: Any, send: Any) -> None:
     send.send((samples, failed))
 
 
-def abuse(daemon: DaemonProcess, seconds: float) -> dict[str, float]:
-    bystander = Bystander(daemon.unix_url)
+def abuse(url: str, admin_url: str, seconds: float) -> dict[str, float]:
+    bystander = Bystander(url)
     bystander.start()
     time.sleep(2)
     marks: dict[str, tuple[float, float]] = {}
     start = time.perf_counter()
     time.sleep(seconds)
     marks["steady"] = (start, time.perf_counter())
-    with grpc.insecure_channel(daemon.unix_url) as channel:
+    with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
         def generate(prompt: bytes, tokens: int) -> Any:
@@ -260,7 +262,7 @@ def abuse(daemon: DaemonProcess, seconds: float) -> dict[str, float]:
         marks["long prompts, abandoned"] = (start, time.perf_counter())
 
         start = time.perf_counter()
-        with grpc.insecure_channel(daemon.admin_url) as admin_channel:
+        with grpc.insecure_channel(admin_url) as admin_channel:
             admin = pb_grpc.GRPCInferenceServiceStub(admin_channel)
             while time.perf_counter() - start < seconds:
                 stream_request = generate(b"paused", 4000)
@@ -292,6 +294,47 @@ def abuse(daemon: DaemonProcess, seconds: float) -> dict[str, float]:
     return out
 
 
+@contextlib.contextmanager
+def minimal_peer(src: Path, work: Path) -> Any:
+    """bench/minimal_peer.py on a unix socket, serving the demo's files."""
+    socket = work / "peer.sock"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "minimal_peer.py"),
+            str(socket),
+            str(src / "mlp" / "model.fp32.onnx"),
+            str(src / "tinyllama" / "model.q8_0.gguf"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        yield f"unix:{socket}"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def abuse_rounds(daemon: DaemonProcess, src: Path, work: Path, args: Any) -> dict[str, Any]:
+    """The abuse phases against edged and against the minimal peer, interleaved: the ratio of
+    each phase's p99 to the same server's steady p99, per round and their median."""
+    rounds: dict[str, list[dict[str, float]]] = {"edged": [], "minimal peer": []}
+    for _ in range(args.abuse_rounds):
+        rounds["edged"].append(abuse(daemon.unix_url, daemon.admin_url, args.abuse_seconds))
+        print("edged", json.dumps(rounds["edged"][-1], indent=1), flush=True)
+        with minimal_peer(src, work) as url:
+            rounds["minimal peer"].append(abuse(url, url, args.abuse_seconds))
+        print("minimal peer", json.dumps(rounds["minimal peer"][-1], indent=1), flush=True)
+    medians = {
+        server: {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+        for server, runs in rounds.items()
+    }
+    print("medians", json.dumps(medians, indent=1), flush=True)
+    return {"bystander rounds": rounds, "bystander medians": medians}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fuzz", type=int, default=100_000)
@@ -300,6 +343,7 @@ def main() -> int:
         "--reload-kills", type=int, default=0, help="kill -9 trials of reloads (default kills/5)"
     )
     parser.add_argument("--abuse-seconds", type=float, default=10.0)
+    parser.add_argument("--abuse-rounds", type=int, default=2)
     parser.add_argument(
         "--phases", default="fuzz,abuse,kills", help="which of fuzz, abuse, kills to run"
     )
@@ -317,8 +361,7 @@ def main() -> int:
                 results["fuzz"] = fuzz(daemon, args.fuzz)
                 print(json.dumps(results["fuzz"], indent=1), flush=True)
             if "abuse" in phases:
-                results["bystander"] = abuse(daemon, args.abuse_seconds)
-                print(json.dumps(results["bystander"], indent=1), flush=True)
+                results.update(abuse_rounds(daemon, src, work, args))
         finally:
             daemon.stop()
         if "kills" not in phases:

@@ -345,7 +345,8 @@ class InferenceService:
                 outputs, stage = await self._staged(handle, inputs)
             elif runtime.generative:
                 logprobs: list[float] = []
-                text = "".join([c async for c in self._stream(handle, inputs, params, logprobs)])
+                chunks = self._stream(handle, inputs, params, logprobs, whole=True)
+                text = "".join([c async for c in chunks])
                 outputs = {runtime.outputs[0].name: _text_array(text)}
                 return Served(
                     handle.version,
@@ -494,9 +495,12 @@ class InferenceService:
         params: GenerationParams,
         logprobs: list[float] | None = None,
         generated: Callable[[], None] | None = None,
+        whole: bool = False,
     ) -> AsyncIterator[str]:
-        """Run generation on a worker thread, handing chunks to the loop as they come;
-        ``generated`` is called on the loop once the runtime is done with the request."""
+        """Run generation on a worker thread, handing chunks to the loop as they come (with
+        ``whole``, the whole text at the end: each hand-over wakes the event loop, which then
+        takes the GIL from the generation); ``generated`` is called on the loop once the
+        runtime is done with the request."""
         runtime = handle.runtime
         name = runtime.inputs[0].name
         prompt = prompt_text(inputs[name], name)
@@ -507,8 +511,12 @@ class InferenceService:
 
         def work() -> None:
             try:
-                for chunk in runtime.generate(prompt, params, stop.is_set, logprobs):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                chunks = runtime.generate(prompt, params, stop.is_set, logprobs)
+                if whole:
+                    loop.call_soon_threadsafe(queue.put_nowait, "".join(chunks))
+                else:
+                    for chunk in chunks:
+                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
             except BaseException as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
