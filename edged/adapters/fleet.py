@@ -302,6 +302,12 @@ class FleetAgent:
                 f"{repository}: the signed manifest is {name!r} version {version!r}, the "
                 f"artifact says {artifact.model!r} version {artifact.version!r}"
             )
+        roots = tuple(
+            [
+                await self.registry.blob_bytes(repository, digest, art.MAX_ROOT_BYTES)
+                for digest, _ in artifact.roots
+            ]
+        )
         status["method"] = f"patch from {ref.base_version}" if ref.base_version else "whole files"
         progress = await self.updates.status(update_id(manifest))
         have = {f.variant: f.held for f in progress.files}
@@ -309,7 +315,7 @@ class FleetAgent:
         throttle = Throttle(self.settings.bandwidth)
 
         async def parts() -> AsyncIterator[Header | Chunk | None]:
-            yield Header(manifest, ref.signature)
+            yield Header(manifest, ref.signature, roots)
             for vid, transfer in sorted(transfers.items()):
                 if transfer.get("method") == "reuse":
                     continue

@@ -67,6 +67,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                     Path(work),
                     channels=tuple(args.channel or ()),
                     keep=args.keep,
+                    roots=tuple(Path(r) for r in args.root or ()),
                 )
 
     done = asyncio.run(run())
@@ -171,6 +172,9 @@ def register(sub: Any) -> None:
     p.add_argument("--key", required=True, help="ed25519 private key (edged keygen)")
     p.add_argument("--channel", action="append", help="also tag it (e.g. stable); repeatable")
     p.add_argument("--keep", type=int, default=3, help="patches from the last K versions")
+    p.add_argument(
+        "--root", action="append", help="a root document nodes should move to first (repeat)"
+    )
     registry_args(p)
     p.set_defaults(fn=cmd_publish)
 

@@ -11,11 +11,15 @@ One OCI image manifest per version, in the repository ``<prefix>/<model>``, tagg
              application/vnd.edged.variant.v1               each variant file, whole
              application/vnd.edged.patch.v1                 each patch, from each of the last K
                                                             published versions
+             application/vnd.edged.root.v1+json             root documents newer than a node may
+                                                            hold, oldest first (optional)
 
 Blobs are addressed by digest: a file unchanged between versions, or a patch shared by two
 updates, is stored and downloaded once. A node picks the update whose base it holds (the one it
 serves first), verifies its signature with its trusted keys, and fetches the blob each of its
-transfers names (transfer.sha256 is the blob's digest).
+transfers names (transfer.sha256 is the blob's digest). Root documents travel as they do in a
+push (PushHeader.roots): a node with [updates] root applies the ones newer than its own, each
+checked against the one before, before it verifies the update with the keys they name.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ MODEL_MANIFEST = "application/vnd.edged.model.manifest.v1+json"
 UPDATE = "application/vnd.edged.update.v1+json"
 VARIANT = "application/vnd.edged.variant.v1"
 PATCH = "application/vnd.edged.patch.v1"
+ROOT = "application/vnd.edged.root.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 BASE = "org.edged.base-version"
@@ -44,6 +49,8 @@ VERSION = "org.edged.version"
 TITLE = "org.opencontainers.image.title"
 
 MAX_UPDATE_MANIFEST_BYTES = 1 << 20
+MAX_ROOT_BYTES = 64 << 10
+MAX_ROOTS = 16
 
 
 class ArtifactError(EdgedError):
@@ -101,6 +108,7 @@ class Artifact:
     updates: tuple[UpdateRef, ...]
     blobs: dict[str, int]  # digest -> size of every variant and patch layer
     variants: dict[str, str]  # variant id -> digest of its whole file
+    roots: tuple[tuple[str, int], ...] = ()  # (digest, size) of each root document, oldest first
 
     def update_for(self, held: Iterable[str]) -> UpdateRef | None:
         """The update to fetch for a node holding ``held`` versions (in order of preference: the
@@ -128,6 +136,7 @@ def parse(data: bytes) -> Artifact:
     updates: list[UpdateRef] = []
     blobs: dict[str, int] = {}
     variants: dict[str, str] = {}
+    roots: list[tuple[str, int]] = []
     for layer in document.get("layers") or []:
         try:
             media, digest, size = layer["mediaType"], layer["digest"], int(layer["size"])
@@ -146,10 +155,25 @@ def parse(data: bytes) -> Artifact:
             if size > MAX_UPDATE_MANIFEST_BYTES:
                 raise ArtifactError("artifact manifest: an update manifest is too large")
             updates.append(UpdateRef(str(notes.get(BASE, "")), digest, size, signature))
+        elif media == ROOT:
+            if size > MAX_ROOT_BYTES or len(roots) >= MAX_ROOTS:
+                raise ArtifactError(
+                    f"artifact manifest: root documents are limited to {MAX_ROOTS} of "
+                    f"{MAX_ROOT_BYTES} bytes"
+                )
+            roots.append((digest, size))
         elif media in (VARIANT, PATCH):
             blobs[digest] = size
             if media == VARIANT and isinstance(notes.get(VARIANT_ID), str):
                 variants[notes[VARIANT_ID]] = digest
     if not updates:
         raise ArtifactError("artifact manifest: no signed update in it")
-    return Artifact(model, version, str(config.get("digest", "")), tuple(updates), blobs, variants)
+    return Artifact(
+        model,
+        version,
+        str(config.get("digest", "")),
+        tuple(updates),
+        blobs,
+        variants,
+        tuple(roots),
+    )

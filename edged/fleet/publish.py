@@ -89,6 +89,7 @@ async def publish(
     *,
     channels: tuple[str, ...] = (),
     keep: int = 3,
+    roots: tuple[Path, ...] = (),
 ) -> Published:
     target = _read(model_dir)
     repository = repository_of(prefix, target.name)
@@ -155,13 +156,20 @@ async def publish(
         log.info(
             "%s: update from version %s: %d bytes to fetch", repository, base, patch_bytes[base]
         )
+    # Root documents (edged root sign), oldest first: a node that pulls and holds an older root
+    # moves to them before it checks the update's signature.
+    root_layers = []
+    for path in roots:
+        data = path.read_bytes()
+        digest = await registry.push_blob(repository, data=data)
+        root_layers.append(art.descriptor(art.ROOT, digest, len(data), {art.TITLE: path.name}))
     config_data = (model_dir / "manifest.json").read_bytes()
     config_digest = await registry.push_blob(repository, data=config_data)
     document = art.manifest_bytes(
         target.name,
         target.version,
         art.descriptor(art.MODEL_MANIFEST, config_digest, len(config_data)),
-        [*updates, *layers.values()],
+        [*updates, *layers.values(), *root_layers],
     )
     tags = (art.version_tag(target.version), *channels)
     for tag in tags:

@@ -328,6 +328,67 @@ def test_refusals_are_reported_and_nothing_is_staged(world: dict[str, Any], tmp_
         daemon.stop()
 
 
+def test_a_pulled_artifact_carries_the_root_that_rotates_the_update_keys(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """A node provisioned with a root (root key r1) naming the controller's key. The controller
+    moves to a new update key: a version it publishes signed by that key alone is refused; one
+    published with root version 2 (signed by r1, naming the new key) as a layer is pulled, the
+    node moves to that root, and serves the version."""
+    from edged.update import root
+
+    for name in ("r1", "ops2"):
+        signing.keygen(tmp_path / f"{name}.key")
+    r1 = signing.load_private(tmp_path / "r1.key")
+    r1_pub = signing.load_public(tmp_path / "r1.key.pub")
+    controller = signing.load_public(world["root"] / "controller.key.pub")
+    first = root.new(1, "2040-01-01T00:00:00Z", [r1_pub], 1, [controller])
+    (tmp_path / "root-1.json").write_bytes(root.sign(first, r1))
+    ops2 = signing.load_public(tmp_path / "ops2.key.pub")
+    rotation = root.new(2, "2040-01-01T00:00:00Z", [r1_pub], 1, [ops2])
+    (tmp_path / "root-2.json").write_bytes(root.sign(rotation, r1))
+    shutil.copy(tmp_path / "ops2.key", world["root"] / "ops2.key")
+
+    src = tmp_path / "src"
+    name = "k"
+    base = version_dir(src, name, "1", seed=21)
+
+    def version(v: str, seed: int) -> Path:
+        directory = fine_tuned(base, src / v, v, seed)
+        data = json.loads((directory / "manifest.json").read_text())
+        data["name"] = name
+        (directory / "manifest.json").write_text(json.dumps(data))
+        return directory
+
+    publish(world, base)
+    daemon = node(
+        world, tmp_path / "n", "rooted", base, updates__root=str(tmp_path / "root-1.json")
+    )
+    fleet = Fleet(world["broker"])
+    store = ModelStore(tmp_path / "n" / "store")
+
+    def model() -> dict[str, Any]:
+        with fleet.lock:
+            return dict(fleet.reports.get("rooted", {}).get("models", {}).get(name, {}))
+
+    try:
+        daemon.start()
+        wait_for(lambda: model().get("serving") == "1", 60, "the first report")
+        publish(world, version("2", 2), key="ops2.key")
+        fleet.desire(st.device_topic("rooted"), {name: {"version": "2"}})
+        wait_for(lambda: bool(model().get("error")), 60, "the new key refused without the root")
+        assert store.versions(name) == ["1"]
+
+        publish(world, version("3", 3), "--root", str(tmp_path / "root-2.json"), key="ops2.key")
+        fleet.desire(st.device_topic("rooted"), {name: {"version": "3"}})
+        wait_for(lambda: model().get("serving") == "3", 120, "version 3 under the new root")
+        held = json.loads((store.root / "state" / "root.json").read_text())
+        assert held["signed"]["version"] == 2
+    finally:
+        fleet.close()
+        daemon.stop()
+
+
 def _patch_blob(world: dict[str, Any], name: str, version: str) -> Path:
     """The registry's file holding the patch from version 1 in ``name`` ``version``'s artifact."""
     import urllib.request
