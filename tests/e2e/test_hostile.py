@@ -80,6 +80,35 @@ def test_a_stream_keeps_going_after_failed_requests(module_daemon: DaemonProcess
     assert answered and answered[-1].infer_response.model_name == "tinyllama"
 
 
+def test_a_stream_survives_bytes_that_are_no_request_and_a_large_hostile_one(
+    module_daemon: DaemonProcess,
+) -> None:
+    """Stream requests arrive as bytes: one that is not a ModelInferRequest at all (grpc's own
+    deserializer once ended the whole stream with an error) and one of 400,000 entries in the
+    wrong field (screened and refused before it is parsed) are answered in-band, and the next
+    request in the stream is served."""
+    big = pb.ModelInferRequest(model_name="mlp")
+    tensor = big.inputs.add(name="input", datatype="FP32", shape=[400_000])
+    tensor.contents.bytes_contents.extend([b""] * 400_000)  # 0.8 MB: under the 1 MiB limit
+    good = _prompt(b"hello")
+    good.parameters["max_tokens"].int64_param = 4
+    bodies = [b"\xff\xff\xff not protobuf", big.SerializeToString(), good.SerializeToString()]
+    with grpc.insecure_channel(module_daemon.unix_url) as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=None,  # bytes as they are
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        responses = list(call(iter(bodies), timeout=120))
+    errors = [r.error_message for r in responses if r.error_message]
+    assert len(errors) == 2, errors
+    assert "not a valid ModelInferRequest" in errors[0]
+    assert "contents.bytes_contents" in errors[1]
+    assert responses[1].infer_response.model_name == "mlp"
+    answered = [r for r in responses if not r.error_message]
+    assert answered and answered[-1].infer_response.model_name == "tinyllama"
+
+
 def test_an_error_message_stays_small_enough_for_any_client(module_daemon: DaemonProcess) -> None:
     """4,000 wrongly named tensors (a request may have 4,096 fields): the message naming them
     would be 35 KB, past the 8 KiB of metadata clients accept; it is cut to a couple of KB, and

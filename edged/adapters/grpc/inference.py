@@ -133,6 +133,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             ok = True
             return reply
         except Exception as exc:
+            if isinstance(exc, screen.ScreenedOutError):
+                model = exc.model  # counted in the model's statistics, as a parsed refusal is
             # The abort's traceback keeps this frame: let it not keep the parsed request and
             # its tensors too (grpc holds the abort with the call; a burst of large refused
             # requests grew the daemon by hundreds of MB).
@@ -198,16 +200,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return inputs
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+        self, bodies: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in request_iterator:
+        """Requests arrive as bytes (registered without a request deserializer): a large one is
+        screened and parsed on a worker thread, as in ModelInfer, and one that is not a request
+        at all is answered in-band like any other failure."""
+        async for body in bodies:
             start = time.perf_counter_ns()
             ok = False
+            model = request_id = ""
+            size = len(body)
+            admitted = 0
             try:
-                async for response in self._stream_one(request, context):
+                if size >= INLINE_COPY_BYTES:
+                    self.inference.admit_bytes(size)
+                    admitted = size
+                request = await _off_loop_if_large(size, self._parse, body)
+                model, request_id = request.model_name, request.id
+                async for response in self._stream_one(request, size, context):
                     yield response
                 ok = True
             except Exception as exc:
+                if isinstance(exc, screen.ScreenedOutError):
+                    model = exc.model
                 # Triton's convention: a failed request in a stream is reported in-band and the
                 # stream stays open for the next request, whatever failed.
                 if not isinstance(exc, EdgedError):
@@ -219,20 +234,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
                 yield pb.ModelStreamInferResponse(
                     error_message=bounded(message),
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, id=request.id
-                    ),
+                    infer_response=pb.ModelInferResponse(model_name=model, id=request_id),
                 )
             finally:
-                self.inference.observe(request.model_name, ok, start)
+                self.inference.observe(model, ok, start)
+                if admitted:
+                    self.inference.release_bytes(admitted)
+                if size >= TRIM_AFTER_BYTES:
+                    self.inference.after_large_request()
 
     async def _stream_one(
-        self, request: pb.ModelInferRequest, context: Context
+        self, request: pb.ModelInferRequest, size: int, context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         if shared_memory.uses_shared_memory(request):
             yield await self._stream_shared(request, context)
             return
-        inputs = convert.decode_inputs(request)
+        inputs = await _off_loop_if_large(size, convert.decode_inputs, request)
         params, stream = convert.generation_params(request.parameters)
         empty_final = (
             bool(convert.parameter_value(request.parameters["triton_enable_empty_final_response"]))

@@ -67,6 +67,17 @@ _FIELD_NAMES = {
 }
 
 SignatureOf = Callable[[str, str], Sequence[TensorSpec] | None]
+# name, datatype, shape, the spans of its contents (a message field sent twice is merged)
+_Tensor = tuple[str, str, tuple[int, ...], list[tuple[int, int]]]
+
+
+class ScreenedOutError(InvalidInputError):
+    """A request the screen refused; ``model``: the model it names (for its statistics and an
+    in-band stream error, which name it as a parsed request's would)."""
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 class _MalformedError(Exception):
@@ -81,6 +92,21 @@ def screen(body: bytes, signature_of: SignatureOf) -> None:
         model, version, tensors = _top_level(body)
     except _MalformedError:
         return
+    except InvalidInputError as refused:
+        raise ScreenedOutError(refused.message, "") from None
+    try:
+        _check(model, version, tensors, body, signature_of)
+    except InvalidInputError as refused:
+        raise ScreenedOutError(refused.message, model) from None
+
+
+def _check(
+    model: str,
+    version: str,
+    tensors: list[_Tensor],
+    body: bytes,
+    signature_of: SignatureOf,
+) -> None:
     declared: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, datatype, shape, contents in tensors:
         dtype_of(name, datatype)
@@ -93,10 +119,6 @@ def screen(body: bytes, signature_of: SignatureOf) -> None:
     specs = signature_of(model, version)
     if specs is not None:
         check_declared(model, specs, declared)
-
-
-# name, datatype, shape, the spans of its contents (a message field sent twice is merged)
-_Tensor = tuple[str, str, tuple[int, ...], list[tuple[int, int]]]
 
 
 def _top_level(body: bytes) -> tuple[str, str, list[_Tensor]]:

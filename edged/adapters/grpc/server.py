@@ -221,12 +221,17 @@ class _Captured:
 
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """The generated registration, except that ModelInfer takes and returns bytes: it parses
-    only what it must (edged/grpc/wire.py)."""
+    """The generated registration, except that ModelInfer takes and returns bytes (it parses
+    only what it must, edged/grpc/wire.py) and ModelStreamInfer takes bytes."""
     captured = _Captured()
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+    # Stream requests arrive as bytes too: a large one is screened and parsed off the loop.
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer,
+        response_serializer=inference_pb2.ModelStreamInferResponse.SerializeToString,
+    )
     service = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     # grpc.aio.Server has this method (grpcio >= 1.62); its type stubs do not yet.

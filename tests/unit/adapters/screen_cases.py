@@ -139,6 +139,9 @@ def test_bytes_contents_for_a_number_tensor_are_refused_unparsed() -> None:
         r"contents\.bytes_contents",
     ):
         screen.screen(body, lambda model, version: None)
+    with pytest.raises(screen.ScreenedOutError) as refused:
+        screen.screen(body, lambda model, version: None)
+    assert refused.value.model == "mlp"  # named for its statistics and stream errors
     with pytest.raises(InvalidInputError, match=r"contents\.bytes_contents"):
         parsed_path(body, None)  # the parsed path refuses it too, with the same words
 
