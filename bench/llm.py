@@ -226,6 +226,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--generation-nice", type=int, default=10, help="edged's server.generation_nice"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "llm.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edged-llm-"))
@@ -240,7 +243,7 @@ def main() -> int:
              "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        daemon = DaemonProcess(work / "store").start()
+        daemon = DaemonProcess(work / "store", server__generation_nice=args.generation_nice).start()
         url = f"http://127.0.0.1:{port}"
 
         def server_up() -> bool:
