@@ -146,6 +146,6 @@ def test_generation_runs_below_the_request_path(daemon: DaemonProcess) -> None:
         answer = stub.ModelInfer(_generate(b"nice", 16), timeout=60)
         assert answer.outputs[0].name == "text_output"
     levels = _nice_levels(pid)
-    assert levels[pid] == 0  # the event loop's thread
-    assert 7 in levels.values()  # a generation thread
-    assert sum(1 for nice in levels.values() if nice == 0) >= 3  # the loop, gRPC, inference
+    base = levels[pid]  # the event loop's thread: the daemon's own (the suite may run niced)
+    assert min(base + 7, 19) in levels.values()  # a generation thread
+    assert sum(1 for nice in levels.values() if nice == base) >= 3  # the loop, gRPC, inference
