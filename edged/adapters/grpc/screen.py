@@ -9,7 +9,9 @@ fields that matter: the top-level ones (model, tensors, raw contents, outputs, p
 input tensor's header, and the first entries of its contents. From them the screen refuses what
 the parser's path would refuse anyway, with the same kind of message:
 
-- more than MAX_FIELDS top-level fields (a request is a handful: tensors, outputs, parameters);
+- more than MAX_FIELDS top-level fields, or MAX_TENSOR_FIELDS in one input tensor (limits of
+  the screen's own, the only things it refuses that a parse would not: a request is a handful of
+  tensors, outputs and parameters, and without them the screen's own work would grow);
 - an input tensor with an unknown datatype or a shape check_shape refuses;
 - contents in a field other than the datatype's (bytes_contents for an FP32 tensor), or
   contents for a datatype that only travels raw (FP16, BF16);
