@@ -115,6 +115,11 @@ def decode_inputs(
                 raise InvalidInputError(
                     f"input tensor {name!r}: raw_input_contents has no entry for it"
                 )
+            if tensor.HasField("contents") and tensor.contents.ListFields():
+                raise InvalidInputError(
+                    f"input tensor {name!r}: data in both contents and raw_input_contents "
+                    "(a request sends its tensors one way or the other)"
+                )
             arrays[name] = _from_raw(raw[raw_index], tensor.datatype, dtype, shape, count, name)
             raw_index += 1
         else:

@@ -199,17 +199,16 @@ def _check_contents(
     shape: tuple[int, ...],
     spans: list[tuple[int, int]],
 ) -> None:
+    size = sum(end - start for start, end in spans)
+    if not size:
+        return  # an empty contents message holds nothing (and is allowed beside raw contents)
     field = contents_field(name, datatype)
-    size = 0
     for start, end in spans:
-        size += end - start
         pos = start
         for _ in range(CONTENTS_ENTRIES_READ):
             if pos >= end:
                 break
             pos = _entry(body, pos, name, datatype, field)
-    if not size:
-        return
     if field != "bytes_contents":
         if size > MAX_NUMBER_BYTES * count + 16:
             raise InvalidInputError(
