@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from edged.formats.layout import PARSE_ERRORS, Layout, MalformedError, Tensor, well_formed
+from edged.formats.protowire import ProtoWire
 
 _ONNX_FLOAT_WIDTH = {1: 4, 10: 2, 11: 8, 16: 2}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 # Element sizes of the fixed-size ONNX types, for external tensors saved without a "length".
@@ -72,66 +72,8 @@ class _Found:
     location: int = 0
 
 
-class _Wire:
-    """Protobuf wire-format fields over a buffer (a memory map of the file)."""
-
-    def __init__(self, buf: bytes | mmap.mmap) -> None:
-        self.buf = buf
-
-    def varint(self, pos: int, end: int) -> tuple[int, int]:
-        buf, result, shift = self.buf, 0, 0
-        while True:
-            if pos >= end:
-                raise MalformedError("truncated varint")
-            byte = buf[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result, pos
-            shift += 7
-            if shift > 63:
-                raise MalformedError("varint too long")
-
-    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-        """(field number, wire type, value or payload start, payload length) in [start, end)."""
-        for field, wire, value, length, _, _ in self.spans(start, end):
-            yield field, wire, value, length
-
-    def spans(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int, int]]:
-        """As ``fields``, with where each field begins (its key) and ends."""
-        pos = start
-        while pos < end:
-            begin = pos
-            key, pos = self.varint(pos, end)
-            field, wire = key >> 3, key & 7
-            if field == 0:
-                raise MalformedError("field number 0")
-            if wire == 0:
-                value, pos = self.varint(pos, end)
-                yield field, wire, value, 0, begin, pos
-            elif wire == 1:
-                pos += 8
-                yield field, wire, pos - 8, 8, begin, pos
-            elif wire == 5:
-                pos += 4
-                yield field, wire, pos - 4, 4, begin, pos
-            elif wire == 2:
-                length, pos = self.varint(pos, end)
-                if pos + length > end:
-                    raise MalformedError("field overruns its message")
-                yield field, wire, pos, length, begin, pos + length
-                pos += length
-            else:
-                raise MalformedError(f"unsupported wire type {wire}")
-        if pos != end:
-            raise MalformedError("field overruns its message")
-
-    def text(self, start: int, length: int) -> str:
-        return bytes(self.buf[start : start + length]).decode()
-
-
 class _Walk:
-    def __init__(self, wire: _Wire) -> None:
+    def __init__(self, wire: ProtoWire) -> None:
         self.wire = wire
         self.found: list[_Found] = []
 
@@ -288,7 +230,7 @@ def _walk(f: BinaryIO, size: int) -> list[_Found]:
     if size == 0:
         raise MalformedError("empty file")
     with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as buf:
-        walk = _Walk(_Wire(buf))
+        walk = _Walk(ProtoWire(buf))
         walk.model(size)
     return walk.found
 

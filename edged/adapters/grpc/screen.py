@@ -38,6 +38,8 @@ from edged.adapters.grpc.convert import (
     wrong_contents,
 )
 from edged.errors import InvalidInputError
+from edged.formats.layout import MalformedError
+from edged.formats.protowire import ProtoWire
 from edged.serving.inference import check_declared
 from edged.tensors import TensorSpec, short_shape
 
@@ -82,31 +84,27 @@ class ScreenedOutError(InvalidInputError):
         self.model = model
 
 
-class _MalformedError(Exception):
-    """The bytes are not a well-formed message: let the parser say why."""
-
-
 def screen(body: bytes, signature_of: SignatureOf) -> None:
     """Raise InvalidInputError for what the parsed path would refuse; return when the request
     may be parsed. ``signature_of(model, version)``: the resident model's input tensors, or None
-    when the screen should not judge them (not resident, another version asked)."""
+    when the screen should not judge them (not resident, another version asked). Bytes that are
+    not a well-formed message are left to the parser, which names the fault."""
+    wire = ProtoWire(body)
+    model = ""
     try:
-        model, version, tensors = _top_level(body)
-    except _MalformedError:
+        model, version, tensors = _top_level(wire, len(body))
+        _check(wire, model, version, tensors, signature_of)
+    except (MalformedError, UnicodeDecodeError):
         return
-    except InvalidInputError as refused:
-        raise ScreenedOutError(refused.message, "") from None
-    try:
-        _check(model, version, tensors, body, signature_of)
     except InvalidInputError as refused:
         raise ScreenedOutError(refused.message, model) from None
 
 
 def _check(
+    wire: ProtoWire,
     model: str,
     version: str,
     tensors: list[_Tensor],
-    body: bytes,
     signature_of: SignatureOf,
 ) -> None:
     declared: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -114,7 +112,7 @@ def _check(
         dtype_of(name, datatype)
         count = check_shape(name, shape, datatype)
         if contents:
-            _check_contents(body, name, datatype, count, shape, contents)
+            _check_contents(wire, name, datatype, count, shape, contents)
         declared.setdefault(name, (datatype, shape))
     if len(declared) != len(tensors):
         return  # the same name twice: decode_inputs names it
@@ -123,76 +121,56 @@ def _check(
         check_declared(model, specs, declared)
 
 
-def _top_level(body: bytes) -> tuple[str, str, list[_Tensor]]:
+def _top_level(wire: ProtoWire, end: int) -> tuple[str, str, list[_Tensor]]:
     model = version = ""
     tensors: list[_Tensor] = []
-    pos, end, fields = 0, len(body), 0
-    while pos < end:
-        fields += 1
+    for fields, (number, kind, start, length) in enumerate(wire.fields(0, end), start=1):
         if fields > MAX_FIELDS:
             raise InvalidInputError(
                 f"the request has more than {MAX_FIELDS} fields (input tensors, raw contents, "
                 "requested outputs and parameters)"
             )
-        number, wire, pos = _tag(body, pos)
-        if wire != 2:
-            pos = _skip(body, pos, wire)
+        if kind != 2:
             continue
-        length, pos = _varint(body, pos)
-        stop = pos + length
-        if stop > end:
-            raise _MalformedError
         if number == 1:
-            model = _text(body, pos, stop)
+            model = wire.text(start, length)
         elif number == 2:
-            version = _text(body, pos, stop)
+            version = wire.text(start, length)
         elif number == 5:
-            tensors.append(_tensor(body, pos, stop))
-        pos = stop
+            tensors.append(_tensor(wire, start, start + length))
     return model, version, tensors
 
 
-def _tensor(body: bytes, pos: int, end: int) -> _Tensor:
+def _tensor(wire: ProtoWire, start: int, end: int) -> _Tensor:
     name = datatype = ""
     shape: list[int] = []
     contents: list[tuple[int, int]] = []
-    for _ in range(MAX_TENSOR_FIELDS):
-        if pos >= end:
-            break
-        number, wire, pos = _tag(body, pos)
-        if number == 3 and wire == 0:  # one dimension, unpacked
-            value, pos = _varint(body, pos)
-            shape.append(_int64(value))
-            continue
-        if wire != 2:
-            pos = _skip(body, pos, wire)
-            continue
-        length, pos = _varint(body, pos)
-        stop = pos + length
-        if stop > end:
-            raise _MalformedError
-        if number == 1:
-            name = _text(body, pos, stop)
-        elif number == 2:
-            datatype = _text(body, pos, stop)
-        elif number == 3:  # packed dimensions; past the limit check_shape refuses anyway
-            while pos < stop and len(shape) <= 64:
-                value, pos = _varint(body, pos)
-                shape.append(_int64(value))
-        elif number == 5:
-            contents.append((pos, stop))
-        pos = stop
-    else:
-        if pos < end:
+    for fields, (number, kind, value, length) in enumerate(wire.fields(start, end), start=1):
+        if fields > MAX_TENSOR_FIELDS:
             raise InvalidInputError(
                 f"input tensor {name!r}: more than {MAX_TENSOR_FIELDS} fields (parameters, "
                 "dimensions)"
             )
+        if number == 3 and kind == 0:  # one dimension, unpacked
+            shape.append(_int64(value))
+        elif kind != 2:
+            continue
+        elif number == 1:
+            name = wire.text(value, length)
+        elif number == 2:
+            datatype = wire.text(value, length)
+        elif number == 3:  # packed dimensions; past the limit check_shape refuses anyway
+            pos, stop = value, value + length
+            while pos < stop and len(shape) <= 64:
+                dim, pos = wire.varint(pos, stop)
+                shape.append(_int64(dim))
+        elif number == 5:
+            contents.append((value, value + length))
     return name, datatype, tuple(shape), contents
 
 
 def _check_contents(
-    body: bytes,
+    wire: ProtoWire,
     name: str,
     datatype: str,
     count: int,
@@ -204,11 +182,7 @@ def _check_contents(
         return  # an empty contents message holds nothing (and is allowed beside raw contents)
     field = contents_field(name, datatype)
     for start, end in spans:
-        pos = start
-        for _ in range(CONTENTS_ENTRIES_READ):
-            if pos >= end:
-                break
-            pos = _entry(body, pos, name, datatype, field)
+        _entries(wire, start, end, name, datatype, field, CONTENTS_ENTRIES_READ)
     if field != "bytes_contents":
         if size > MAX_NUMBER_BYTES * count + 16:
             raise InvalidInputError(
@@ -220,66 +194,29 @@ def _check_contents(
         # elements, each of which the parser would build. Count them, up to one too many.
         entries = 0
         for start, end in spans:
-            pos = start
-            while pos < end:
-                entries += 1
-                if entries > count:
-                    raise InvalidInputError(
-                        f"input tensor {name!r}: shape {short_shape(shape)} holds {count} "
-                        f"elements, contents.{field} has more"
-                    )
-                pos = _entry(body, pos, name, datatype, field)
+            entries += _entries(wire, start, end, name, datatype, field, count + 1 - entries)
+            if entries > count:
+                raise InvalidInputError(
+                    f"input tensor {name!r}: shape {short_shape(shape)} holds {count} "
+                    f"elements, contents.{field} has more"
+                )
 
 
-def _entry(body: bytes, pos: int, name: str, datatype: str, field: str) -> int:
-    """The position after the contents entry at ``pos``, which must be of ``field``."""
-    number, wire, pos = _tag(body, pos)
-    sent = _FIELD_NAMES.get(number, f"field {number}")
-    if sent != field:
-        raise wrong_contents(name, datatype, sent)
-    return _skip(body, pos, wire)
-
-
-def _varint(body: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(body) or shift > 63:
-            raise _MalformedError
-        byte = body[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _tag(body: bytes, pos: int) -> tuple[int, int, int]:
-    tag, pos = _varint(body, pos)
-    if tag >> 3 == 0:
-        raise _MalformedError
-    return tag >> 3, tag & 7, pos
-
-
-def _skip(body: bytes, pos: int, wire: int) -> int:
-    if wire == 0:
-        return _varint(body, pos)[1]
-    if wire == 1:
-        pos += 8
-    elif wire == 5:
-        pos += 4
-    elif wire == 2:
-        length, pos = _varint(body, pos)
-        pos += length
-    else:
-        raise _MalformedError  # groups (deprecated) and invalid wire types
-    if pos > len(body):
-        raise _MalformedError
-    return pos
+def _entries(
+    wire: ProtoWire, start: int, end: int, name: str, datatype: str, field: str, most: int
+) -> int:
+    """How many of the first ``most`` entries in [start, end) there are; each must be of
+    ``field``, else wrong_contents."""
+    read = 0
+    for number, _, _, _ in wire.fields(start, end):
+        if read == most:
+            break
+        sent = _FIELD_NAMES.get(number, f"field {number}")
+        if sent != field:
+            raise wrong_contents(name, datatype, sent)
+        read += 1
+    return read
 
 
 def _int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _text(body: bytes, start: int, stop: int) -> str:
-    return body[start:stop].decode("utf-8", "replace")

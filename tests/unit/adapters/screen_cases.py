@@ -228,7 +228,15 @@ def test_a_valid_large_request_passes() -> None:
 
 def test_a_malformed_request_is_left_to_the_parser() -> None:
     body = _bench_request().SerializeToString()
-    for broken in (body[:-1], b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x00\x00"):
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[2])
+    garbled = field(5, tensor.SerializeToString() + field(5, b"\x35\x00"))  # a cut fixed32
+    for broken in (
+        body[:-1],
+        b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+        b"\x00\x00",
+        b"\x0a\x03mlp" + garbled,
+        b"\x0a\x02\xff\xfe",  # a model name that is not UTF-8
+    ):
         screen.screen(broken, lambda model, version: None)  # no verdict here ...
         with pytest.raises(InvalidInputError, match="not a valid ModelInferRequest"):
             wire.parse_request(broken)  # ... the parser gives it
