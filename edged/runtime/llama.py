@@ -60,24 +60,20 @@ class Pieces:
         self.longest = max((b - a for a, b in itertools.pairwise(offsets)), default=1)
         self._bos = llm.token_bos()
 
-    def piece(self, token: int) -> bytes:
-        offsets = self._offsets
-        return self._text[offsets[token] : offsets[token + 1]]
-
     def joiner(self) -> Callable[[int], bytes]:
         """A function of each next token giving the bytes it adds to the detokenized text of
         the tokens so far. detokenize drops the text's leading space when the tokens start with
         BOS (which renders empty): the first non-empty piece after a leading BOS loses it."""
         text, offsets, bos = self._text, self._offsets, self._bos
-        state = [True, False]  # at the start; a leading space is owed
+        owed: bool | None = None  # a leading space to drop; unknown before the first token
 
         def add(token: int) -> bytes:
+            nonlocal owed
             data = text[offsets[token] : offsets[token + 1]]
-            if state[0]:
-                state[0] = False
-                state[1] = token == bos
-            if state[1] and data:
-                state[1] = False
+            if owed is None:
+                owed = token == bos
+            if owed and data:
+                owed = False
                 if data.startswith(b" "):
                     return data[1:]
             return data

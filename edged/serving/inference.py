@@ -62,8 +62,7 @@ def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, A
 def _matches(spec: TensorSpec, array: Array | None) -> bool:
     if array is None or len(array.shape) != len(spec.shape):
         return False
-    datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype)
-    if datatype != spec.datatype:
+    if _datatype(array) != spec.datatype:
         return False
     for want, got in zip(spec.shape, array.shape, strict=True):
         if want >= 0 and want != got:
@@ -73,17 +72,12 @@ def _matches(spec: TensorSpec, array: Array | None) -> bool:
 
 def _explain_mismatch(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, Array]) -> None:
     """Raise the error that names what is wrong (only called when something is)."""
-    check_declared(
-        model,
-        specs,
-        {
-            name: (
-                "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?"),
-                array.shape,
-            )
-            for name, array in inputs.items()
-        },
-    )
+    declared = {name: (_datatype(array), array.shape) for name, array in inputs.items()}
+    check_declared(model, specs, declared)
+
+
+def _datatype(array: Array) -> str:
+    return "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(array.dtype, "?")
 
 
 def check_declared(

@@ -133,6 +133,14 @@ def fine_tuned(base: Path, out: Path, version: str, seed: int) -> Path:
     )
 
 
+def renamed(directory: Path, name: str) -> Path:
+    """``directory``'s version as a version of model ``name``."""
+    data = json.loads((directory / "manifest.json").read_text())
+    data["name"] = name
+    (directory / "manifest.json").write_text(json.dumps(data))
+    return directory
+
+
 def flattened(base: Path, out: Path, version: str, scale: float) -> Path:
     """``base`` with its last layer scaled: the same top-1 answers, much flatter scores (its
     confidence drifts: probation takes it back where it sees traffic)."""
@@ -270,11 +278,7 @@ def test_refusals_are_reported_and_nothing_is_staged(world: dict[str, Any], tmp_
     base = version_dir(src, name, "1", seed=11)
 
     def version(v: str, seed: int) -> Path:
-        directory = fine_tuned(base, src / v, v, seed)
-        data = json.loads((directory / "manifest.json").read_text())
-        data["name"] = name
-        (directory / "manifest.json").write_text(json.dumps(data))
-        return directory
+        return renamed(fine_tuned(base, src / v, v, seed), name)
 
     publish(world, base)
     untrusted, tampered, good = version("2", 2), version("3", 3), version("4", 4)
@@ -354,11 +358,7 @@ def test_a_pulled_artifact_carries_the_root_that_rotates_the_update_keys(
     base = version_dir(src, name, "1", seed=21)
 
     def version(v: str, seed: int) -> Path:
-        directory = fine_tuned(base, src / v, v, seed)
-        data = json.loads((directory / "manifest.json").read_text())
-        data["name"] = name
-        (directory / "manifest.json").write_text(json.dumps(data))
-        return directory
+        return renamed(fine_tuned(base, src / v, v, seed), name)
 
     publish(world, base)
     daemon = node(

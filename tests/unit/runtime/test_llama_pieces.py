@@ -43,7 +43,7 @@ def test_pieces_join_to_what_detokenize_gives(runtime: LlamaRuntime) -> None:
         assert joined == llm.detokenize(tokens), tokens
     # The 70-byte word is longer than llama-cpp-python's 32-byte piece buffer, which garbles it
     # (it slices its buffer by the negative size llama.cpp returns): the table has it whole.
-    assert runtime._pieces.piece(long_word) == b"x" * 70
+    assert runtime._pieces.joiner()(long_word) == b"x" * 70
     assert runtime._pieces.longest == 70
     assert runtime.max_prompt_bytes == runtime.max_prompt_tokens * 70
 
