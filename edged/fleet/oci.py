@@ -341,6 +341,15 @@ class Registry:
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    # The file is opened around each read, not held across a yield: an upload the registry
+    # cuts short drops this generator unfinished, and a held file would wait for the collector.
+    offset = 0
+    while block := _read_at(path, offset):
+        yield block
+        offset += len(block)
+
+
+def _read_at(path: Path, offset: int) -> bytes:
     with path.open("rb") as f:
-        while block := f.read(UPLOAD_CHUNK):
-            yield block
+        f.seek(offset)
+        return f.read(UPLOAD_CHUNK)

@@ -175,17 +175,22 @@ def chunks_of(
 ) -> Iterator[Any]:
     from edged.api import updates_pb2 as pb
 
+    # Each chunk is read with the file opened and closed around it, never held open across a
+    # yield: when the node answers before the stream ends (refused, or already complete) grpc
+    # drops this generator unfinished, and a file it held would be closed only by the collector.
     for f in files:
         offset = held.get(f.variant, 0)
-        with f.path.open("rb") as fh:
-            fh.seek(offset)
-            while chunk := fh.read(CHUNK_BYTES):
-                yield pb.PushRequest(
-                    chunk=pb.PushChunk(variant=f.variant, offset=offset, data=chunk)
-                )
-                offset += len(chunk)
-                if sent:
-                    sent(len(chunk))
+        while chunk := _read_at(f.path, offset):
+            yield pb.PushRequest(chunk=pb.PushChunk(variant=f.variant, offset=offset, data=chunk))
+            offset += len(chunk)
+            if sent:
+                sent(len(chunk))
+
+
+def _read_at(path: Path, offset: int) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read(CHUNK_BYTES)
 
 
 def push(
