@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from edged.errors import EdgedError, ErrorCode
+from edged.store.chunks import file_chunks
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MAX_MANIFEST_BYTES = 4 << 20  # an artifact manifest lists a few dozen layers
@@ -341,15 +342,5 @@ class Registry:
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    # The file is opened around each read, not held across a yield: an upload the registry
-    # cuts short drops this generator unfinished, and a held file would wait for the collector.
-    offset = 0
-    while block := _read_at(path, offset):
+    for _, block in file_chunks(path, UPLOAD_CHUNK):
         yield block
-        offset += len(block)
-
-
-def _read_at(path: Path, offset: int) -> bytes:
-    with path.open("rb") as f:
-        f.seek(offset)
-        return f.read(UPLOAD_CHUNK)

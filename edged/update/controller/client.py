@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.errors import EdgedError, ManifestError
+from edged.store.chunks import file_chunks
 from edged.store.manifest import Manifest, Transfer, Variant, loads
 from edged.update import patch as patch_mod
 from edged.update import signing
@@ -175,22 +176,11 @@ def chunks_of(
 ) -> Iterator[Any]:
     from edged.api import updates_pb2 as pb
 
-    # Each chunk is read with the file opened and closed around it, never held open across a
-    # yield: when the node answers before the stream ends (refused, or already complete) grpc
-    # drops this generator unfinished, and a file it held would be closed only by the collector.
     for f in files:
-        offset = held.get(f.variant, 0)
-        while chunk := _read_at(f.path, offset):
+        for offset, chunk in file_chunks(f.path, CHUNK_BYTES, held.get(f.variant, 0)):
             yield pb.PushRequest(chunk=pb.PushChunk(variant=f.variant, offset=offset, data=chunk))
-            offset += len(chunk)
             if sent:
                 sent(len(chunk))
-
-
-def _read_at(path: Path, offset: int) -> bytes:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        return fh.read(CHUNK_BYTES)
 
 
 def push(
